@@ -1,0 +1,130 @@
+//! Configuration: every flag of `relay serve`, each with its `RELAY_*`
+//! environment variable. Built once in `main` and handed down as one value.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// How clients prove who they are (PROTOCOL §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// `?user=NAME`, names claimed cluster-wide while connected.
+    Guest,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `relay serve`.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP and WebSocket address to listen on.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's name in `welcome.node`, logs and presence [default: host
+    /// name + random suffix].
+    #[arg(long, env = "RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// How clients prove who they are.
+    #[arg(long, env = "RELAY_AUTH", value_enum, default_value = "guest")]
+    pub auth: AuthMode,
+
+    /// Comma-separated allowed `Origin`s (e.g. `https://chat.example.com`);
+    /// absent: any origin. Handshakes without an Origin header (non-browser
+    /// clients) are always allowed.
+    #[arg(long, env = "RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Server ping interval and presence heartbeat, in milliseconds. A
+    /// connection silent for twice this long is closed.
+    #[arg(long, env = "RELAY_HEARTBEAT_MS", default_value_t = 25_000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub heartbeat_ms: u64,
+
+    /// How long a node's presence survives without its heartbeat, in
+    /// milliseconds [default: 3 × heartbeat].
+    #[arg(long, env = "RELAY_PRESENCE_TTL_MS")]
+    pub presence_ttl_ms: Option<u64>,
+
+    /// Largest accepted WebSocket frame/message in bytes; larger closes with 1009.
+    #[arg(long, env = "RELAY_MAX_FRAME_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u64).range(256..=16_777_216))]
+    pub max_frame_bytes: u64,
+
+    /// Largest message text, in characters after trimming.
+    #[arg(long, env = "RELAY_MAX_TEXT_CHARS", default_value_t = 4000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_text_chars: u64,
+
+    /// Commands per second per connection (token bucket, burst 2N).
+    #[arg(long, env = "RELAY_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+
+    /// Outbound queue length per connection (frames); overflow closes with 4000.
+    #[arg(long, env = "RELAY_MAX_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queue: u64,
+
+    /// On SIGTERM: stop accepting, close sockets with 1001 over N seconds, exit.
+    #[arg(long, env = "RELAY_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+
+    /// Log format.
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Log filter (overridden by `RUST_LOG`), e.g. `info` or `relay=debug`.
+    #[arg(long, env = "RELAY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    /// A configuration with every default (for tests and embedding).
+    pub fn default_for(listen: SocketAddr) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut c = Wrapper::parse_from(["relay"]).config;
+        c.listen = listen;
+        c
+    }
+
+    /// The node id, generated when not configured.
+    pub fn resolved_node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "relay".into());
+            format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+        })
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// Presence TTL.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence_ttl_ms.unwrap_or(self.heartbeat_ms * 3))
+    }
+
+    /// Drain window.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+}

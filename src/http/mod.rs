@@ -1,0 +1,94 @@
+//! The HTTP surface of a node: the `/ws` handshake (origin, identity, limits,
+//! then upgrade), health and readiness, metrics, the client configuration and
+//! the embedded web chat.
+
+mod handshake;
+mod web;
+
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::session::SessionConfig;
+
+/// Shared state of the router.
+#[derive(Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Arc<Node>,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Per-session settings.
+    pub session: Arc<SessionConfig>,
+}
+
+/// A refusal with the JSON body of PROTOCOL §1: `{"error", "message"}`.
+pub fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({ "error": code, "message": message.into() })),
+    )
+        .into_response()
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(handshake::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/config", get(client_config))
+        .merge(web::routes())
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+    if app.node.is_draining() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining");
+    }
+    if !app.node.backplane().ready().await {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "backplane unreachable",
+        );
+    }
+    (StatusCode::OK, "ready").into_response()
+}
+
+async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.node.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// What the web client needs to know about this server.
+async fn client_config(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
+    let auth = match app.config.auth {
+        crate::config::AuthMode::Guest => "guest",
+    };
+    Json(json!({
+        "auth": auth,
+        "node": app.node.id(),
+        "max_text_chars": app.config.max_text_chars,
+        "heartbeat_ms": app.config.heartbeat_ms,
+        "protocol": crate::protocol::PROTOCOL_VERSION,
+    }))
+    .into_response()
+}

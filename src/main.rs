@@ -1,0 +1,58 @@
+//! The `relay` command line: `relay serve` runs a node.
+
+use clap::{Parser, Subcommand};
+use relay::config::Config;
+
+/// Horizontally scalable WebSocket pub/sub relay for real-time chat.
+#[derive(Parser)]
+#[command(name = "relay", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a relay node (in memory without --redis).
+    Serve(Box<Config>),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve(config) => {
+            relay::telemetry::init(config.log_format, &config.log_level);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(config.listen).await?;
+                // One machine-readable line on stdout: scripts and tests read
+                // the bound address from it (useful with `--listen 127.0.0.1:0`).
+                println!("relay listening on http://{}", listener.local_addr()?);
+                relay::server::run(*config, listener, shutdown_signal()).await?;
+                anyhow::Ok(())
+            })
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

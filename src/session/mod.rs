@@ -1,0 +1,406 @@
+//! One WebSocket connection. The reader task decodes frames, applies the
+//! token bucket and limits, and runs commands against the node and the
+//! backplane. The writer task drains the bounded outbound queue (feeding
+//! everything queued, then flushing once) and owns pings and the close frame.
+//! This module knows nothing of Redis: it talks to [`crate::node::Node`] and
+//! the backplane trait.
+
+pub mod limit;
+pub mod queue;
+pub mod reason;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backplane::{BackplaneError, DirectOutcome, PublishRequest};
+use crate::node::{Node, SessionHandle, UserLease};
+use crate::protocol::{decode_command, Command, Encoding, ErrorCode, LeaveReason, Limits, Ref, ServerFrame};
+use limit::{TokenBucket, Verdict};
+use queue::Batch;
+use reason::DisconnectReason;
+
+/// Per-connection settings, shared by all sessions of a node.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Ping interval; silence for twice this long closes the connection.
+    pub heartbeat: Duration,
+    /// Commands per second (burst 2×).
+    pub rate: u32,
+    /// Outbound queue capacity in frames.
+    pub max_queue: usize,
+    /// Input limits.
+    pub limits: Limits,
+}
+
+/// How long the writer may take to deliver a close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a connection to its end. `expires`: when the session's token
+/// expires (closes with 4001).
+pub async fn run(
+    socket: WebSocket,
+    node: Arc<Node>,
+    lease: UserLease,
+    user: String,
+    encoding: Encoding,
+    config: Arc<SessionConfig>,
+    expires: Option<Instant>,
+) {
+    let handle = node.open_session(&user, encoding, config.max_queue);
+    let metrics = node.metrics.clone();
+    let enc_label = crate::metrics::EncodingLabel {
+        encoding: encoding.as_str(),
+    };
+    metrics.connections_opened.inc();
+    metrics.connections.get_or_create(&enc_label).inc();
+    handle.send(&ServerFrame::Welcome {
+        user: user.clone(),
+        node: node.id().to_owned(),
+        session: format!("{}/{}", node.id(), handle.id),
+        protocol: crate::protocol::PROTOCOL_VERSION,
+        resume: lease.token.clone(),
+        heartbeat_ms: config.heartbeat.as_millis() as u64,
+    });
+
+    let (sink, stream) = socket.split();
+    let started = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let writer_done = CancellationToken::new();
+    let writer = node.tasks.spawn(write_loop(
+        sink,
+        handle.clone(),
+        last_seen.clone(),
+        started,
+        config.heartbeat,
+        writer_done.clone(),
+    ));
+
+    let mut reader = Reader {
+        node: node.clone(),
+        handle: handle.clone(),
+        config: config.clone(),
+        rooms: HashSet::new(),
+        bucket: TokenBucket::new(config.rate),
+    };
+    let read_reason = reader
+        .read_loop(stream, &last_seen, started, &writer_done, expires)
+        .await;
+    if let Some(reason) = read_reason {
+        handle.queue.close(reason);
+    }
+    let reason = match tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await {
+        Ok(Ok(reason)) => reason,
+        _ => DisconnectReason::WriteError,
+    };
+
+    // Leave every room: the user's last connection tells the others.
+    for room in std::mem::take(&mut reader.rooms) {
+        if let Err(e) = node.leave(&handle, &room, LeaveReason::Disconnect).await {
+            tracing::warn!(room, error = %e, "leave on disconnect failed");
+        }
+    }
+    node.close_session(&handle);
+    drop(lease);
+    metrics.connections.get_or_create(&enc_label).dec();
+    metrics
+        .connections_closed
+        .get_or_create(&crate::metrics::CloseLabels {
+            code: reason.close_code(),
+            reason: reason.as_str(),
+        })
+        .inc();
+    tracing::debug!(user, session = handle.id, reason = reason.as_str(), code = reason.close_code(), "session closed");
+}
+
+/// Writes queued frames, pings, and the close frame. Returns why it stopped.
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    handle: Arc<SessionHandle>,
+    last_seen: Arc<AtomicU64>,
+    started: Instant,
+    heartbeat: Duration,
+    done: CancellationToken,
+) -> DisconnectReason {
+    let reason = write_frames(&mut sink, &handle, &last_seen, started, heartbeat).await;
+    if reason != DisconnectReason::WriteError {
+        let frame = CloseFrame {
+            code: reason.close_code(),
+            reason: reason.close_text().into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            sink.send(Message::Close(Some(frame))).await?;
+            sink.close().await
+        })
+        .await;
+    }
+    done.cancel();
+    reason
+}
+
+async fn write_frames(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    handle: &SessionHandle,
+    last_seen: &AtomicU64,
+    started: Instant,
+    heartbeat: Duration,
+) -> DisconnectReason {
+    let mut ticker = tokio::time::interval_at(started + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Batch::default();
+    loop {
+        let mut ping = false;
+        tokio::select! {
+            biased;
+            _ = handle.queue.wait() => {}
+            _ = ticker.tick() => {
+                let seen = started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if seen.elapsed() > heartbeat * 2 {
+                    return DisconnectReason::HeartbeatTimeout;
+                }
+                ping = true;
+            }
+        }
+        handle.queue.take(&mut batch);
+        if let Some(DisconnectReason::SlowConsumer) = batch.close {
+            return DisconnectReason::SlowConsumer;
+        }
+        for frame in batch.frames.drain(..) {
+            if sink.feed(frame).await.is_err() {
+                return DisconnectReason::WriteError;
+            }
+        }
+        if let Some(reason) = batch.close {
+            return reason;
+        }
+        if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
+            return DisconnectReason::WriteError;
+        }
+        if sink.flush().await.is_err() {
+            return DisconnectReason::WriteError;
+        }
+    }
+}
+
+struct Reader {
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    config: Arc<SessionConfig>,
+    rooms: HashSet<String>,
+    bucket: TokenBucket,
+}
+
+impl Reader {
+    /// Reads until the connection ends. Returns a reason when the reader
+    /// decided the close (the writer then sends the close frame).
+    async fn read_loop(
+        &mut self,
+        mut stream: futures_util::stream::SplitStream<WebSocket>,
+        last_seen: &AtomicU64,
+        started: Instant,
+        writer_done: &CancellationToken,
+        expires: Option<Instant>,
+    ) -> Option<DisconnectReason> {
+        let expiry = async {
+            match expires {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            let next = tokio::select! {
+                m = stream.next() => m,
+                _ = writer_done.cancelled() => return None,
+                _ = &mut expiry => return Some(DisconnectReason::SessionExpired),
+            };
+            last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let (bytes, encoding) = match next {
+                None => return Some(DisconnectReason::ClientClosed),
+                Some(Err(e)) => return Some(classify(e)),
+                Some(Ok(Message::Close(_))) => return Some(DisconnectReason::ClientClosed),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Text(t))) => (t.into(), Encoding::Json),
+                Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
+            };
+            if let Some(reason) = self.on_frame(&bytes, encoding).await {
+                return Some(reason);
+            }
+        }
+    }
+
+    fn reply(&self, frame: ServerFrame) {
+        self.handle.send(&frame);
+    }
+
+    fn fail(&self, kind: &'static str, code: ErrorCode, message: impl Into<String>, reference: Option<Ref>) {
+        self.node.metrics.command(kind, code.as_str());
+        self.reply(ServerFrame::error(code, message, reference));
+    }
+
+    async fn on_frame(&mut self, bytes: &[u8], encoding: Encoding) -> Option<DisconnectReason> {
+        match self.bucket.take() {
+            Verdict::Allow => {}
+            Verdict::Limited(wait) => {
+                self.node.metrics.rate_limited.inc();
+                self.node.metrics.command("unknown", "rate_limited");
+                self.reply(ServerFrame::Error {
+                    code: ErrorCode::RateLimited,
+                    message: format!("more than {} commands per second", self.config.rate),
+                    reference: None,
+                    retry_ms: Some(wait.as_millis().max(1) as u64),
+                });
+                return None;
+            }
+            Verdict::Abuse => {
+                self.node.metrics.rate_limited.inc();
+                return Some(DisconnectReason::Policy);
+            }
+        }
+        let (command, reference) = match decode_command(bytes, encoding, &self.config.limits) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail("unknown", e.code, e.message, e.reference);
+                return None;
+            }
+        };
+        let kind = command.kind();
+        let span = tracing::debug_span!("command", r#type = kind, user = %self.handle.user);
+        let _enter = span.enter();
+        match self.execute(command, reference.clone()).await {
+            Ok(()) => self.node.metrics.command(kind, "ok"),
+            Err((code, message)) => self.fail(kind, code, message, reference),
+        }
+        None
+    }
+
+    async fn execute(&mut self, command: Command, reference: Option<Ref>) -> Result<(), (ErrorCode, String)> {
+        let node = self.node.clone();
+        let backplane = node.backplane();
+        let user = self.handle.user.clone();
+        match command {
+            Command::Join { room, since, epoch } => {
+                let already = self.rooms.contains(&room);
+                node.join(&self.handle, &room, since, epoch.as_deref(), already, reference)
+                    .await
+                    .map_err(backplane_error)?;
+                self.rooms.insert(room);
+            }
+            Command::Leave { room } => {
+                if self.rooms.remove(&room) {
+                    node.leave(&self.handle, &room, LeaveReason::Leave)
+                        .await
+                        .map_err(backplane_error)?;
+                }
+                self.reply(ServerFrame::Left { room, reference });
+            }
+            Command::Send { room, text, client_id } => {
+                self.member(&room)?;
+                let published = backplane
+                    .publish(PublishRequest {
+                        room: room.clone(),
+                        from: user,
+                        text,
+                        client_id,
+                        origin: Some(node.origin(self.handle.id)),
+                    })
+                    .await
+                    .map_err(backplane_error)?;
+                if !published.duplicate {
+                    node.metrics.messages_published.inc();
+                }
+                self.reply(ServerFrame::Ack {
+                    id: published.id,
+                    ts: published.ts,
+                    room: Some(room),
+                    reference,
+                });
+            }
+            Command::Dm { to, text } => {
+                match backplane
+                    .direct(&user, &to, &text, node.origin(self.handle.id))
+                    .await
+                    .map_err(backplane_error)?
+                {
+                    DirectOutcome::Delivered { id, ts } => self.reply(ServerFrame::Ack {
+                        id,
+                        ts,
+                        room: None,
+                        reference,
+                    }),
+                    DirectOutcome::Offline => {
+                        return Err((ErrorCode::UserOffline, format!("user `{to}` is not connected")))
+                    }
+                }
+            }
+            Command::Typing { room, active } => {
+                self.member(&room)?;
+                backplane
+                    .typing(&room, &user, active, node.origin(self.handle.id))
+                    .await
+                    .map_err(backplane_error)?;
+            }
+            Command::Who { room } => {
+                self.member(&room)?;
+                let mut users = backplane.presence(&room).await.map_err(backplane_error)?;
+                if !users.contains(&user) {
+                    users.push(user);
+                    users.sort();
+                }
+                self.reply(ServerFrame::Presence { room, users, reference });
+            }
+            Command::History { room, before, limit } => {
+                let messages = backplane
+                    .history(&room, before, limit)
+                    .await
+                    .map_err(backplane_error)?;
+                self.reply(ServerFrame::History {
+                    room,
+                    messages: messages.into_iter().map(Into::into).collect(),
+                    reference,
+                });
+            }
+            Command::Ping => self.reply(ServerFrame::Pong { reference }),
+        }
+        Ok(())
+    }
+
+    fn member(&self, room: &str) -> Result<(), (ErrorCode, String)> {
+        if self.rooms.contains(room) {
+            Ok(())
+        } else {
+            Err((ErrorCode::NotMember, format!("join `{room}` first")))
+        }
+    }
+}
+
+fn backplane_error(e: BackplaneError) -> (ErrorCode, String) {
+    match e {
+        BackplaneError::Unavailable(_) => (
+            ErrorCode::Unavailable,
+            "the backplane is unavailable; the command was not applied, retry later".into(),
+        ),
+        BackplaneError::Internal(m) => {
+            tracing::error!(error = %m, "backplane error");
+            (ErrorCode::Internal, "internal error".into())
+        }
+    }
+}
+
+/// Maps a read error of the WebSocket layer to a disconnect reason.
+fn classify(error: axum::Error) -> DisconnectReason {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = error.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => DisconnectReason::FrameTooLarge,
+        Some(WsError::Utf8(_)) => DisconnectReason::InvalidUtf8,
+        Some(WsError::Protocol(_)) => DisconnectReason::ProtocolError,
+        _ => DisconnectReason::ClientClosed,
+    }
+}

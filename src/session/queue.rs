@@ -1,0 +1,164 @@
+//! The bounded outbound queue of one connection. Producers (fan-out, command
+//! replies) never block: a push onto a full queue marks the connection as a
+//! slow consumer instead. The writer takes everything queued at once, feeds it
+//! to the socket and flushes once.
+//!
+//! A `std::sync::Mutex` is right here: it is held for a push or a swap, never
+//! across an await. An empty `VecDeque` allocates nothing, which keeps idle
+//! connections small.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::extract::ws::Message;
+use tokio::sync::Notify;
+
+use super::reason::DisconnectReason;
+
+#[derive(Default)]
+struct State {
+    items: VecDeque<Message>,
+    close: Option<DisconnectReason>,
+}
+
+/// Outbound queue of already-encoded frames.
+pub struct OutQueue {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+}
+
+/// What the writer takes from the queue.
+#[derive(Default)]
+pub struct Batch {
+    /// Frames to write, in order.
+    pub frames: Vec<Message>,
+    /// Set when the connection must be closed after (or instead of) them.
+    pub close: Option<DisconnectReason>,
+}
+
+impl OutQueue {
+    /// A queue holding at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        OutQueue {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Queues a frame. Returns false when the queue is closed or was full (in
+    /// which case it is now closed as a slow consumer).
+    pub fn push(&self, frame: Message) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        if state.close.is_some() {
+            return false;
+        }
+        if state.items.len() >= self.capacity {
+            state.close = Some(DisconnectReason::SlowConsumer);
+            state.items.clear();
+            drop(state);
+            self.notify.notify_one();
+            return false;
+        }
+        let wake = state.items.is_empty();
+        state.items.push_back(frame);
+        drop(state);
+        if wake {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Asks the writer to close the connection; the first reason wins.
+    /// Frames already queued are still written, except for a slow consumer.
+    pub fn close(&self, reason: DisconnectReason) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.close.is_none() {
+                state.close = Some(reason);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// The close reason, if the queue was closed.
+    pub fn closed(&self) -> Option<DisconnectReason> {
+        self.state.lock().ok().and_then(|s| s.close)
+    }
+
+    /// Number of queued frames.
+    pub fn len(&self) -> usize {
+        self.state.lock().map(|s| s.items.len()).unwrap_or(0)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes everything queued (swapping in `spare`, to reuse allocations).
+    pub fn take(&self, out: &mut Batch) {
+        out.frames.clear();
+        if let Ok(mut state) = self.state.lock() {
+            out.frames.extend(state.items.drain(..));
+            out.close = state.close;
+            if state.items.capacity() > 64 {
+                // Give memory back after a burst.
+                state.items.shrink_to(16);
+            }
+        } else {
+            out.close = Some(DisconnectReason::Internal);
+        }
+    }
+
+    /// Waits until something was pushed or the queue was closed.
+    pub async fn wait(&self) {
+        self.notify.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_as_slow_consumer() {
+        let q = OutQueue::new(2);
+        assert!(q.push(Message::Text("a".into())));
+        assert!(q.push(Message::Text("b".into())));
+        assert!(!q.push(Message::Text("c".into())));
+        assert_eq!(q.closed(), Some(DisconnectReason::SlowConsumer));
+        let mut b = Batch::default();
+        q.take(&mut b);
+        assert!(b.frames.is_empty(), "a slow consumer's backlog is dropped");
+        assert_eq!(b.close, Some(DisconnectReason::SlowConsumer));
+    }
+
+    #[test]
+    fn close_keeps_queued_frames_and_first_reason_wins() {
+        let q = OutQueue::new(8);
+        q.push(Message::Text("a".into()));
+        q.close(DisconnectReason::Draining);
+        q.close(DisconnectReason::Policy);
+        assert!(!q.push(Message::Text("b".into())));
+        let mut b = Batch::default();
+        q.take(&mut b);
+        assert_eq!(b.frames.len(), 1);
+        assert_eq!(b.close, Some(DisconnectReason::Draining));
+    }
+
+    #[tokio::test]
+    async fn push_wakes_the_waiter() {
+        let q = std::sync::Arc::new(OutQueue::new(8));
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.wait().await });
+        tokio::task::yield_now().await;
+        q.push(Message::Text("x".into()));
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+    }
+}
