@@ -18,8 +18,8 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, page, random_token, Backplane, Claim, DirectMessage, DirectOutcome, Event,
-    EventStream, Origin, PublishRequest, Published, Result, RoomSnapshot, Topic,
+    now_ms, page, random_token, Backplane, Claim, DirectMessage, DirectOutcome, Event, EventStream,
+    Origin, PublishRequest, Published, Result, RoomSnapshot, Topic,
 };
 use crate::protocol::{ChatMessage, LeaveReason, HISTORY_LEN};
 
@@ -38,7 +38,8 @@ struct RoomState {
 }
 
 impl RoomState {
-    fn new() -> Self {
+    /// A room used for the first time: a new epoch.
+    fn fresh() -> Self {
         RoomState {
             epoch: random_token(),
             ..Default::default()
@@ -147,16 +148,18 @@ impl Backplane for MemoryBackplane {
     }
 
     fn unsubscribe(&self, topic: Topic) {
-        self.hub
-            .subscribers
-            .remove_if_mut(&topic, |_, subs| {
-                subs.remove(&self.node_id);
-                subs.is_empty()
-            });
+        self.hub.subscribers.remove_if_mut(&topic, |_, subs| {
+            subs.remove(&self.node_id);
+            subs.is_empty()
+        });
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<Published> {
-        let mut room = self.hub.rooms.entry(req.room.clone()).or_insert_with(RoomState::new);
+        let mut room = self
+            .hub
+            .rooms
+            .entry(req.room.clone())
+            .or_insert_with(RoomState::fresh);
         let now = Instant::now();
         while let Some((at, _)) = room.client_id_order.front() {
             if now.duration_since(*at) < CLIENT_ID_TTL {
@@ -166,7 +169,10 @@ impl Backplane for MemoryBackplane {
                 room.client_ids.remove(&key);
             }
         }
-        let key = req.client_id.as_ref().map(|c| (req.from.clone(), c.clone()));
+        let key = req
+            .client_id
+            .as_ref()
+            .map(|c| (req.from.clone(), c.clone()));
         if let Some(key) = &key {
             if let Some(&(id, ts)) = room.client_ids.get(key) {
                 return Ok(Published {
@@ -218,7 +224,7 @@ impl Backplane for MemoryBackplane {
             .hub
             .rooms
             .entry(room_name.to_owned())
-            .or_insert_with(RoomState::new);
+            .or_insert_with(RoomState::fresh);
         if add_presence {
             let nodes = room.presence.entry(user.to_owned()).or_default();
             let first = nodes.is_empty();

@@ -223,8 +223,12 @@ pub trait Backplane: Send + Sync + 'static {
     async fn leave(&self, room: &str, user: &str, reason: LeaveReason) -> Result<()>;
 
     /// The newest `limit` messages with id < `before` (or the newest), oldest first.
-    async fn history(&self, room: &str, before: Option<u64>, limit: usize)
-        -> Result<Vec<ChatMessage>>;
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>>;
 
     /// User names present in the room, sorted.
     async fn presence(&self, room: &str) -> Result<Vec<String>>;
@@ -239,8 +243,13 @@ pub trait Backplane: Send + Sync + 'static {
     async fn release_name(&self, name: &str) -> Result<()>;
 
     /// Routes a direct message to every node of `to` and of `from`.
-    async fn direct(&self, from: &str, to: &str, text: &str, origin: Origin)
-        -> Result<DirectOutcome>;
+    async fn direct(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+        origin: Origin,
+    ) -> Result<DirectOutcome>;
 
     /// Creates an account; false when the name exists.
     async fn create_account(&self, name: &str, password_hash: &str) -> Result<bool>;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,7 +68,9 @@ pub(super) async fn upgrade(
             return refused("not_websocket", status, "invalid", &rejection.body_text());
         }
     };
-    if let (Some(allowed), Some(origin)) = (&app.config.allowed_origins, headers.get(header::ORIGIN)) {
+    if let (Some(allowed), Some(origin)) =
+        (&app.config.allowed_origins, headers.get(header::ORIGIN))
+    {
         let origin = origin.to_str().unwrap_or("");
         if !allowed.iter().any(|a| a.trim_end_matches('/') == origin) {
             return refused(

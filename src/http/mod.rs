@@ -55,7 +55,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     if app.node.is_draining() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "draining", "node is draining");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining",
+        );
     }
     if !app.node.backplane().ready().await {
         return refuse(

@@ -14,10 +14,22 @@ const STYLE: &str = include_str!("../../web/style.css");
 /// Routes of the static files.
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { file("text/html; charset=utf-8", INDEX) }))
-        .route("/index.html", get(|| async { file("text/html; charset=utf-8", INDEX) }))
-        .route("/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/style.css", get(|| async { file("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/",
+            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/index.html",
+            get(|| async { file("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { file("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { file("text/css; charset=utf-8", STYLE) }),
+        )
 }
 
 fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -88,7 +88,11 @@ mod tests {
         assert!(matches!(b.take(), Verdict::Limited(_)));
         tokio::time::advance(Duration::from_secs(5)).await;
         for _ in 0..20 {
-            assert_eq!(b.take(), Verdict::Allow, "refilled to the burst, not beyond");
+            assert_eq!(
+                b.take(),
+                Verdict::Allow,
+                "refilled to the burst, not beyond"
+            );
         }
         assert!(matches!(b.take(), Verdict::Limited(_)));
     }
@@ -103,7 +107,9 @@ mod tests {
         for _ in 0..11 {
             verdicts.push(b.take());
         }
-        assert!(verdicts[..10].iter().all(|v| matches!(v, Verdict::Limited(_))));
+        assert!(verdicts[..10]
+            .iter()
+            .all(|v| matches!(v, Verdict::Limited(_))));
         assert_eq!(verdicts[10], Verdict::Abuse);
     }
 }

@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backplane::{BackplaneError, DirectOutcome, PublishRequest};
 use crate::node::{Node, SessionHandle, UserLease};
-use crate::protocol::{decode_command, Command, Encoding, ErrorCode, LeaveReason, Limits, Ref, ServerFrame};
+use crate::protocol::{
+    decode_command, Command, Encoding, ErrorCode, LeaveReason, Limits, Ref, ServerFrame,
+};
 use limit::{TokenBucket, Verdict};
 use queue::Batch;
 use reason::DisconnectReason;
@@ -40,7 +42,7 @@ pub struct SessionConfig {
 }
 
 /// How long the writer may take to deliver a close frame.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a connection to its end. `expires`: when the session's token
 /// expires (closes with 4001).
@@ -69,7 +71,7 @@ pub async fn run(
         heartbeat_ms: config.heartbeat.as_millis() as u64,
     });
 
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let writer_done = CancellationToken::new();
@@ -90,17 +92,14 @@ pub async fn run(
         bucket: TokenBucket::new(config.rate),
     };
     let read_reason = reader
-        .read_loop(stream, &last_seen, started, &writer_done, expires)
+        .read_loop(&mut stream, &last_seen, started, &writer_done, expires)
         .await;
     if let Some(reason) = read_reason {
         handle.queue.close(reason);
     }
-    let reason = match tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await {
-        Ok(Ok(reason)) => reason,
-        _ => DisconnectReason::WriteError,
-    };
-
-    // Leave every room: the user's last connection tells the others.
+    // The session is over: leave every room (the user's last connection
+    // tells the others) and release the user before the closing handshake,
+    // which may take a while with an unresponsive peer.
     for room in std::mem::take(&mut reader.rooms) {
         if let Err(e) = node.leave(&handle, &room, LeaveReason::Disconnect).await {
             tracing::warn!(room, error = %e, "leave on disconnect failed");
@@ -108,6 +107,24 @@ pub async fn run(
     }
     node.close_session(&handle);
     drop(lease);
+    // Closing handshake: while the writer sends our close frame, keep reading
+    // (and discarding) until the peer's close frame or EOF. Dropping a socket
+    // with unread input would reset it and could destroy our close frame.
+    if read_reason != Some(DisconnectReason::ClientClosed) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(m)) = stream.next().await {
+                if matches!(m, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let reason = match tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await {
+        Ok(Ok(reason)) => reason,
+        _ => DisconnectReason::WriteError,
+    };
+
     metrics.connections.get_or_create(&enc_label).dec();
     metrics
         .connections_closed
@@ -116,7 +133,13 @@ pub async fn run(
             reason: reason.as_str(),
         })
         .inc();
-    tracing::debug!(user, session = handle.id, reason = reason.as_str(), code = reason.close_code(), "session closed");
+    tracing::debug!(
+        user,
+        session = handle.id,
+        reason = reason.as_str(),
+        code = reason.close_code(),
+        "session closed"
+    );
 }
 
 /// Writes queued frames, pings, and the close frame. Returns why it stopped.
@@ -201,7 +224,7 @@ impl Reader {
     /// decided the close (the writer then sends the close frame).
     async fn read_loop(
         &mut self,
-        mut stream: futures_util::stream::SplitStream<WebSocket>,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
         last_seen: &AtomicU64,
         started: Instant,
         writer_done: &CancellationToken,
@@ -239,7 +262,13 @@ impl Reader {
         self.handle.send(&frame);
     }
 
-    fn fail(&self, kind: &'static str, code: ErrorCode, message: impl Into<String>, reference: Option<Ref>) {
+    fn fail(
+        &self,
+        kind: &'static str,
+        code: ErrorCode,
+        message: impl Into<String>,
+        reference: Option<Ref>,
+    ) {
         self.node.metrics.command(kind, code.as_str());
         self.reply(ServerFrame::error(code, message, reference));
     }
@@ -280,16 +309,27 @@ impl Reader {
         None
     }
 
-    async fn execute(&mut self, command: Command, reference: Option<Ref>) -> Result<(), (ErrorCode, String)> {
+    async fn execute(
+        &mut self,
+        command: Command,
+        reference: Option<Ref>,
+    ) -> Result<(), (ErrorCode, String)> {
         let node = self.node.clone();
         let backplane = node.backplane();
         let user = self.handle.user.clone();
         match command {
             Command::Join { room, since, epoch } => {
                 let already = self.rooms.contains(&room);
-                node.join(&self.handle, &room, since, epoch.as_deref(), already, reference)
-                    .await
-                    .map_err(backplane_error)?;
+                node.join(
+                    &self.handle,
+                    &room,
+                    since,
+                    epoch.as_deref(),
+                    already,
+                    reference,
+                )
+                .await
+                .map_err(backplane_error)?;
                 self.rooms.insert(room);
             }
             Command::Leave { room } => {
@@ -300,7 +340,11 @@ impl Reader {
                 }
                 self.reply(ServerFrame::Left { room, reference });
             }
-            Command::Send { room, text, client_id } => {
+            Command::Send {
+                room,
+                text,
+                client_id,
+            } => {
                 self.member(&room)?;
                 let published = backplane
                     .publish(PublishRequest {
@@ -335,7 +379,10 @@ impl Reader {
                         reference,
                     }),
                     DirectOutcome::Offline => {
-                        return Err((ErrorCode::UserOffline, format!("user `{to}` is not connected")))
+                        return Err((
+                            ErrorCode::UserOffline,
+                            format!("user `{to}` is not connected"),
+                        ))
                     }
                 }
             }
@@ -353,9 +400,17 @@ impl Reader {
                     users.push(user);
                     users.sort();
                 }
-                self.reply(ServerFrame::Presence { room, users, reference });
+                self.reply(ServerFrame::Presence {
+                    room,
+                    users,
+                    reference,
+                });
             }
-            Command::History { room, before, limit } => {
+            Command::History {
+                room,
+                before,
+                limit,
+            } => {
                 let messages = backplane
                     .history(&room, before, limit)
                     .await

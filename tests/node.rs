@@ -1,0 +1,765 @@
+//! Protocol v1 on one node (embedded mode), over real sockets against a real
+//! `relay serve` process: every command and event, errors, close codes,
+//! presence per user, recovery, encodings, limits, junk and drain.
+
+mod support;
+
+use std::time::Duration;
+
+use relay::protocol::{Encoding, ServerFrame};
+use serde_json::json;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn welcome_describes_the_session() {
+    let node = Node::start(&["--node-id", "n1", "--heartbeat-ms", "1500"]);
+    let mut c = Connect::new(format!("{}?user=alice", node.url()))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(c.user, "alice");
+    assert!(c.resume.as_deref().is_some_and(|r| !r.is_empty()));
+    assert!(c.session.starts_with("n1/"));
+    // The full frame, as JSON.
+    let mut raw = Connect::new(format!("{}?user=bob", node.url()))
+        .open()
+        .await
+        .unwrap();
+    raw.request(json!({"type":"ping"})).await;
+    let _ = c.request(json!({"type":"ping"})).await;
+    drop(raw);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}?user=carol", node.url()))
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    let Some(Ok(Message::Text(t))) = ws.next().await else {
+        panic!()
+    };
+    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+    assert_eq!(v["type"], "welcome");
+    assert_eq!(v["user"], "carol");
+    assert_eq!(v["node"], "n1");
+    assert_eq!(v["protocol"], 1);
+    assert_eq!(v["heartbeat_ms"], 1500);
+    assert!(v["session"].is_string() && v["resume"].is_string());
+}
+
+#[tokio::test]
+async fn join_send_ack_message_and_sender_skipped() {
+    let node = Node::start(&[]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    let j = js(&a.join("lobby").await);
+    assert_eq!(j["room"], "lobby");
+    assert_eq!(j["presence"], json!(["alice"]));
+    assert_eq!(j["history"], json!([]));
+    assert_eq!(j["recovered"], false);
+    assert!(j["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(j["ref"], 1);
+    let jb = js(&b.join("lobby").await);
+    assert_eq!(jb["presence"], json!(["alice", "bob"]));
+    assert_eq!(jb["epoch"], j["epoch"]);
+    let uj = js(&a.recv_type("user_joined").await);
+    assert_eq!(
+        (uj["room"].as_str(), uj["user"].as_str()),
+        (Some("lobby"), Some("bob"))
+    );
+    assert!(uj["ts"].as_u64().unwrap() > 1_600_000_000_000);
+
+    let ack = js(&a
+        .request(json!({"type":"send","room":"lobby","text":"  Hello everyone!  "}))
+        .await);
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["id"], 1);
+    assert_eq!(ack["room"], "lobby");
+    let m = js(&b.recv_type("message").await);
+    assert_eq!(m["room"], "lobby");
+    assert_eq!(m["id"], 1);
+    assert_eq!(m["from"], "alice");
+    assert_eq!(m["text"], "Hello everyone!", "text is trimmed");
+    assert_eq!(m["ts"], ack["ts"]);
+    assert_eq!(b.say("lobby", "hi alice").await, 2);
+    let m = js(&a.recv_type("message").await);
+    assert_eq!(
+        (m["id"].as_u64(), m["from"].as_str()),
+        (Some(2), Some("bob"))
+    );
+    // The sender never receives its own message.
+    a.expect_silence(200).await;
+    b.expect_silence(50).await;
+}
+
+#[tokio::test]
+async fn leave_and_disconnect_notify_with_reasons() {
+    let node = Node::start(&[]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    let mut c = guest(&node, "carol").await;
+    for x in [&mut a, &mut b, &mut c] {
+        x.join("r1").await;
+    }
+    let left = js(&b.request(json!({"type":"leave","room":"r1"})).await);
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["room"], "r1");
+    for x in [&mut a, &mut c] {
+        let ul = js(&x
+            .recv_where(
+                "bob left",
+                |f| matches!(f, ServerFrame::UserLeft { user, .. } if user == "bob"),
+            )
+            .await);
+        assert_eq!(ul["reason"], "leave");
+    }
+    // After leaving, bob is no member any more.
+    let e = js(&b
+        .request(json!({"type":"send","room":"r1","text":"x"}))
+        .await);
+    assert_eq!(e["code"], "not_member");
+    c.close().await;
+    let ul = js(&a
+        .recv_where(
+            "carol left",
+            |f| matches!(f, ServerFrame::UserLeft { user, .. } if user == "carol"),
+        )
+        .await);
+    assert_eq!(ul["reason"], "disconnect");
+    let p = js(&a.request(json!({"type":"who","room":"r1"})).await);
+    assert_eq!(p["type"], "presence");
+    assert_eq!(p["users"], json!(["alice"]));
+}
+
+#[tokio::test]
+async fn two_tabs_count_as_one_user() {
+    let node = Node::start(&[]);
+    let mut a1 = guest(&node, "alice").await;
+    let resume = a1.resume.clone().unwrap();
+    let mut b = guest(&node, "bob").await;
+    b.join("room").await;
+    a1.join("room").await;
+    b.recv_type("user_joined").await;
+    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", node.url()))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(a2.resume.as_deref(), Some(resume.as_str()));
+    let j = js(&a2.join("room").await);
+    assert_eq!(j["presence"], json!(["alice", "bob"]));
+    // The second tab joining is no news to bob.
+    b.expect_silence(300).await;
+    a1.close().await;
+    b.expect_silence(300).await;
+    a2.close().await;
+    let ul = js(&b.recv_type("user_left").await);
+    assert_eq!(
+        (ul["user"].as_str(), ul["reason"].as_str()),
+        (Some("alice"), Some("disconnect"))
+    );
+}
+
+#[tokio::test]
+async fn guest_names_are_claimed_until_released() {
+    let node = Node::start(&[]);
+    let a = guest(&node, "alice").await;
+    let r = Connect::new(format!("{}?user=alice", node.url()))
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(r.status, 409);
+    assert_eq!(r.body["error"], "name_taken");
+    assert!(r.body["message"].is_string());
+    let r = Connect::new(format!("{}?user=alice&resume=wrong", node.url()))
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(r.status, 409);
+    for bad in ["", "-x", "a%20b", "averyveryveryveryveryverylongname1"] {
+        let r = Connect::new(format!("{}?user={bad}", node.url()))
+            .open()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(r.status, 400, "{bad}");
+        assert_eq!(r.body["error"], "invalid");
+    }
+    let r = Connect::new(node.url())
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(r.status, 400);
+    a.close().await;
+    eventually("name released", Duration::from_secs(3), || async {
+        Connect::new(format!("{}?user=alice", node.url()))
+            .open()
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn origin_allow_list() {
+    let node = Node::start(&[
+        "--allowed-origins",
+        "https://chat.example.com,http://localhost:3000",
+    ]);
+    let url = format!("{}?user=o1", node.url());
+    let r = Connect::new(&url)
+        .header("Origin", "https://evil.example.com")
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(r.status, 403);
+    assert_eq!(r.body["error"], "forbidden_origin");
+    let c = Connect::new(&url)
+        .header("Origin", "https://chat.example.com")
+        .open()
+        .await
+        .expect("allowed");
+    c.close().await;
+    // No Origin header: a non-browser client.
+    let c = Connect::new(format!("{}?user=o2", node.url()))
+        .open()
+        .await
+        .expect("allowed");
+    c.close().await;
+}
+
+#[tokio::test]
+async fn direct_messages_reach_every_tab_but_the_sending_one() {
+    let node = Node::start(&[]);
+    let mut a1 = guest(&node, "alice").await;
+    let resume = a1.resume.clone().unwrap();
+    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", node.url()))
+        .open()
+        .await
+        .unwrap();
+    let mut b1 = guest(&node, "bob").await;
+    let bres = b1.resume.clone().unwrap();
+    let mut b2 = Connect::new(format!("{}?user=bob&resume={bres}", node.url()))
+        .open()
+        .await
+        .unwrap();
+    let mut c = guest(&node, "carol").await;
+    let ack = js(&a1
+        .request(json!({"type":"dm","to":"bob","text":"psst"}))
+        .await);
+    assert_eq!(ack["type"], "ack");
+    assert!(ack.get("room").is_none());
+    for x in [&mut b1, &mut b2, &mut a2] {
+        let d = js(&x.recv_type("direct").await);
+        assert_eq!(d["from"], "alice");
+        assert_eq!(d["to"], "bob");
+        assert_eq!(d["text"], "psst");
+        assert_eq!(d["id"], ack["id"]);
+        assert_eq!(d["ts"], ack["ts"]);
+    }
+    a1.expect_silence(200).await;
+    c.expect_silence(50).await;
+    let e = js(&a1
+        .request(json!({"type":"dm","to":"nobody","text":"hi"}))
+        .await);
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["code"], "user_offline");
+    assert_eq!(e["ref"], 2);
+}
+
+#[tokio::test]
+async fn typing_is_relayed_and_never_stored() {
+    let node = Node::start(&[]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("r").await;
+    b.join("r").await;
+    a.recv_type("user_joined").await;
+    a.send(json!({"type":"typing","room":"r","active":true}))
+        .await;
+    let t = js(&b.recv_type("typing").await);
+    assert_eq!(
+        t,
+        json!({"type":"typing","room":"r","user":"alice","active":true})
+    );
+    a.send(json!({"type":"typing","room":"r","active":false}))
+        .await;
+    assert_eq!(js(&b.recv_type("typing").await)["active"], false);
+    a.expect_silence(200).await;
+    let h = js(&b.request(json!({"type":"history","room":"r"})).await);
+    assert_eq!(h["messages"], json!([]));
+    let e = js(&a
+        .request(json!({"type":"typing","room":"elsewhere","active":true}))
+        .await);
+    assert_eq!(e["code"], "not_member");
+    let e = js(&a.request(json!({"type":"who","room":"elsewhere"})).await);
+    assert_eq!(e["code"], "not_member");
+}
+
+#[tokio::test]
+async fn history_pages_and_caps_at_fifty() {
+    let node = Node::start(&["--rate", "1000"]);
+    let mut a = guest(&node, "alice").await;
+    a.join("h").await;
+    for i in 1..=60 {
+        assert_eq!(a.say("h", &format!("m{i}")).await, i);
+    }
+    let h = js(&a.request(json!({"type":"history","room":"h"})).await);
+    let ids: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (11..=60).collect::<Vec<_>>());
+    assert_eq!(h["messages"][0]["type"], "message");
+    assert_eq!(h["messages"][0]["text"], "m11");
+    let h = js(&a
+        .request(json!({"type":"history","room":"h","before":30,"limit":5}))
+        .await);
+    let ids: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![25, 26, 27, 28, 29]);
+    let h = js(&a
+        .request(json!({"type":"history","room":"h","limit":2}))
+        .await);
+    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(h["messages"][1]["id"], 60);
+    let mut b = guest(&node, "bob").await;
+    let j = js(&b.join("h").await);
+    assert_eq!(j["history"].as_array().unwrap().len(), 50);
+    assert_eq!(j["history"][49]["id"], 60);
+    let e = js(&a
+        .request(json!({"type":"history","room":"h","limit":51}))
+        .await);
+    assert_eq!(e["code"], "invalid");
+}
+
+#[tokio::test]
+async fn recovery_after_reconnect() {
+    let node = Node::start(&["--rate", "1000"]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    let j = js(&b.join("rec").await);
+    let epoch = j["epoch"].as_str().unwrap().to_owned();
+    a.join("rec").await;
+    a.say("rec", "one").await;
+    b.recv_type("message").await;
+    b.close().await;
+    for t in ["two", "three"] {
+        a.say("rec", t).await;
+    }
+    let mut b = guest(&node, "bob").await;
+    let j = js(&b
+        .request(json!({"type":"join","room":"rec","since":1,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], true);
+    let texts: Vec<&str> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["two", "three"]);
+    // Wrong epoch: latest history, not recovered.
+    let mut c = guest(&node, "carol").await;
+    let j = js(&c
+        .request(json!({"type":"join","room":"rec","since":1,"epoch":"bogus"}))
+        .await);
+    assert_eq!(j["recovered"], false);
+    assert_eq!(j["history"].as_array().unwrap().len(), 3);
+    // More than 50 behind: not recovered, latest 50.
+    for i in 0..55 {
+        a.say("rec", &format!("x{i}")).await;
+    }
+    let mut d = guest(&node, "dave").await;
+    let j = js(&d
+        .request(json!({"type":"join","room":"rec","since":3,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], false);
+    assert_eq!(j["history"].as_array().unwrap().len(), 50);
+    assert_eq!(j["history"][49]["id"], 58);
+    // Exactly up to date: recovered with nothing missed.
+    let mut e = guest(&node, "erin").await;
+    let j = js(&e
+        .request(json!({"type":"join","room":"rec","since":58,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], true);
+    assert_eq!(j["history"], json!([]));
+}
+
+#[tokio::test]
+async fn msgpack_and_json_clients_share_a_room() {
+    let node = Node::start(&[]);
+    let mut j = guest_enc(&node, "jay", Encoding::Json).await;
+    let mut m = guest_enc(&node, "max", Encoding::MsgPack).await;
+    m.join("mix").await;
+    j.join("mix").await;
+    m.recv_type("user_joined").await;
+    j.say("mix", "from json").await;
+    let f = js(&m.recv_type("message").await);
+    assert_eq!(f["text"], "from json");
+    let ack = m
+        .request(json!({"type":"send","room":"mix","text":"from msgpack"}))
+        .await;
+    assert!(matches!(ack, ServerFrame::Ack { id: 2, .. }));
+    assert_eq!(js(&j.recv_type("message").await)["text"], "from msgpack");
+    // The server really speaks binary MessagePack frames to `max`.
+    m.send(json!({"type":"ping","ref":"p"})).await;
+    use futures_util::StreamExt;
+    let raw = loop {
+        match m.ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => break b,
+            Message::Text(t) => panic!("text frame to a msgpack client: {t}"),
+            _ => continue,
+        }
+    };
+    let v: rmpv::Value = rmpv::decode::read_value(&mut &raw[..]).unwrap();
+    assert!(v.is_map());
+}
+
+#[tokio::test]
+async fn unknown_subprotocol_is_refused() {
+    let node = Node::start(&[]);
+    let r = Connect::new(format!("{}?user=x", node.url()))
+        .header("Sec-WebSocket-Protocol", "chat.v9")
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"], "invalid");
+}
+
+#[tokio::test]
+async fn idempotent_client_id() {
+    let node = Node::start(&[]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("i").await;
+    b.join("i").await;
+    let first = js(&a
+        .request(json!({"type":"send","room":"i","text":"once","client_id":"c-1"}))
+        .await);
+    let again = js(&a
+        .request(json!({"type":"send","room":"i","text":"once","client_id":"c-1"}))
+        .await);
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(first["ts"], again["ts"]);
+    assert_eq!(js(&b.recv_type("message").await)["text"], "once");
+    b.expect_silence(300).await;
+    let h = js(&b.request(json!({"type":"history","room":"i"})).await);
+    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
+    let node = Node::start(&["--max-text-chars", "10"]);
+    let mut a = guest(&node, "alice").await;
+    a.join("e").await;
+    a.send_raw(Message::Text("this is not json".into())).await;
+    let e = js(&a.recv_type("error").await);
+    assert_eq!(e["code"], "bad_frame");
+    assert!(e["message"].as_str().unwrap().len() > 5);
+    a.send_raw(Message::Text("[1,2,3]".into())).await;
+    assert_eq!(js(&a.recv_type("error").await)["code"], "bad_frame");
+    let e = js(&a.request(json!({"type":"fly","room":"e"})).await);
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_i64()),
+        (Some("bad_frame"), Some(2))
+    );
+    a.send_raw(Message::Binary(vec![0xc1, 0x00, 0xff].into()))
+        .await;
+    assert_eq!(js(&a.recv_type("error").await)["code"], "bad_frame");
+    let e = js(&a.request(json!({"type":"send","room":"e"})).await);
+    assert_eq!(e["code"], "invalid");
+    let e = js(&a.request(json!({"type":"join","room":"bad room"})).await);
+    assert_eq!(e["code"], "invalid");
+    let e = js(&a
+        .request(json!({"type":"send","room":"e","text":"   "}))
+        .await);
+    assert_eq!(e["code"], "invalid");
+    let e = js(&a
+        .request(json!({"type":"send","room":"e","text":"01234567890"}))
+        .await);
+    assert_eq!(e["code"], "too_large");
+    let e = js(&a
+        .request(json!({"type":"send","room":"other","text":"hi"}))
+        .await);
+    assert_eq!(e["code"], "not_member");
+    // Nothing of it had an effect, and the connection still works.
+    let h = js(&a.request(json!({"type":"history","room":"e"})).await);
+    assert_eq!(h["messages"], json!([]));
+    assert_eq!(a.say("e", "0123456789").await, 1);
+    assert_eq!(frame_type(&a.request(json!({"type":"ping"})).await), "pong");
+}
+
+#[tokio::test]
+async fn rate_limit_then_policy_close() {
+    let node = Node::start(&["--rate", "5"]);
+    let mut a = guest(&node, "alice").await;
+    a.join("r").await; // one token used
+    for _ in 0..9 {
+        a.send(json!({"type":"ping"})).await;
+    }
+    for _ in 0..9 {
+        a.recv_type("pong").await;
+    }
+    a.send(json!({"type":"send","room":"r","text":"over the limit"}))
+        .await;
+    let e = js(&a.recv_type("error").await);
+    assert_eq!(e["code"], "rate_limited");
+    assert!(e["retry_ms"]
+        .as_u64()
+        .is_some_and(|ms| ms > 0 && ms <= 1000));
+    // The refused send had no effect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let h = js(&a.request(json!({"type":"history","room":"r"})).await);
+    assert_eq!(h["messages"], json!([]));
+    // Sustained abuse: closed with 1008.
+    for _ in 0..200 {
+        a.send_raw(Message::Text(r#"{"type":"ping"}"#.into())).await;
+    }
+    assert_eq!(a.recv_close().await, Some(1008));
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let node = Node::start(&["--max-frame-bytes", "1024"]);
+    let mut a = guest(&node, "alice").await;
+    let text = "x".repeat(2000);
+    a.send_raw(Message::Text(
+        format!(r#"{{"type":"ping","pad":"{text}"}}"#).into(),
+    ))
+    .await;
+    assert_eq!(a.recv_close().await, Some(1009));
+    // The node is fine.
+    let mut b = guest(&node, "bob").await;
+    assert_eq!(frame_type(&b.request(json!({"type":"ping"})).await), "pong");
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    };
+    let node = Node::start(&[]);
+    let mut a = guest(&node, "alice").await;
+    let frame = Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true);
+    a.send_raw(Message::Frame(frame)).await;
+    assert_eq!(a.recv_close().await, Some(1007));
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_two_heartbeats() {
+    let node = Node::start(&["--heartbeat-ms", "200"]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("hb").await;
+    b.join("hb").await;
+    a.recv_type("user_joined").await;
+    // bob stops reading (so it answers no pings); alice keeps reading.
+    let started = std::time::Instant::now();
+    let ul = js(&a
+        .recv_where("bob timed out", |f| {
+            matches!(f, ServerFrame::UserLeft { .. })
+        })
+        .await);
+    assert_eq!(ul["user"], "bob");
+    assert_eq!(ul["reason"], "disconnect");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // alice, who reads (and so pongs), is still connected.
+    assert_eq!(frame_type(&a.request(json!({"type":"ping"})).await), "pong");
+    drop(b);
+}
+
+#[tokio::test]
+async fn slow_consumer_is_cut_off_while_fast_ones_keep_receiving() {
+    let node = Node::start(&["--max-queue", "64", "--rate", "100000"]);
+    let mut slow = guest(&node, "slow").await;
+    let mut fast = guest(&node, "fast").await;
+    let mut publisher = guest(&node, "pub").await;
+    slow.join("big").await;
+    fast.join("big").await;
+    publisher.join("big").await;
+    let text = "y".repeat(3900);
+    // `slow` never reads. Publish until the socket buffers and its queue overflow,
+    // while `fast` reads everything.
+    let n = 3000;
+    let fast_reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            if let ServerFrame::Message { .. } = fast.recv().await {
+                got += 1;
+            }
+        }
+        (fast, got)
+    });
+    for batch in 0..n / 50 {
+        for i in 0..50 {
+            publisher
+                .send(
+                    json!({"type":"send","room":"big","text":format!("{}{text}", batch * 50 + i)}),
+                )
+                .await;
+        }
+        for _ in 0..50 {
+            publisher.recv_type("ack").await;
+        }
+    }
+    let (mut fast, got) = tokio::time::timeout(Duration::from_secs(30), fast_reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, n);
+    assert_eq!(slow.recv_close().await, Some(4000));
+    let ul = js(&fast
+        .recv_where(
+            "slow left",
+            |f| matches!(f, ServerFrame::UserLeft { user, .. } if user == "slow"),
+        )
+        .await);
+    assert_eq!(ul["reason"], "disconnect");
+    eventually(
+        "slow-consumer close counted",
+        Duration::from_secs(10),
+        || async {
+            let (_, metrics) = get(node.addr, "/metrics").await;
+            metrics
+                .contains(r#"relay_connections_closed_total{code="4000",reason="slow_consumer"} 1"#)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn junk_connections_do_not_hurt_the_node() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(&[]);
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let addr = node.addr;
+        let url = node.url();
+        tasks.push(tokio::spawn(async move {
+            match i % 4 {
+                // Half-open: a partial HTTP request, then silence.
+                0 => {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                // Garbage bytes.
+                1 => {
+                    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    let _ = s
+                        .write_all(&[0x16, 0x03, 0x01, 0xff, 0x00, 0x13, 0x37])
+                        .await;
+                    let _ = s.write_all(b"\r\n\r\n\x00\x01garbage").await;
+                }
+                // Instant disconnect.
+                2 => {
+                    let _ = tokio::net::TcpStream::connect(addr).await;
+                }
+                // Upgrade then drop without a close frame, or garbage frames.
+                _ => {
+                    if let Ok((mut ws, _)) =
+                        tokio_tungstenite::connect_async(format!("{url}?user=junk{i}")).await
+                    {
+                        use futures_util::SinkExt;
+                        let _ = ws.send(Message::Text("{{{{".into())).await;
+                        let _ = ws.send(Message::Binary(vec![0xde, 0xad].into())).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("ok").await;
+    b.join("ok").await;
+    a.say("ok", "still alive").await;
+    assert_eq!(js(&b.recv_type("message").await)["text"], "still alive");
+    assert_eq!(get(node.addr, "/healthz").await.0, 200);
+    // Every junk guest was released.
+    eventually("junk sessions closed", Duration::from_secs(5), || async {
+        let (_, m) = get(node.addr, "/metrics").await;
+        m.lines()
+            .any(|l| l.starts_with("relay_users ") && l.ends_with(" 2"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let node = Node::start(&[]);
+    let (s, _) = get(node.addr, "/healthz").await;
+    assert_eq!(s, 200);
+    let (s, _) = get(node.addr, "/readyz").await;
+    assert_eq!(s, 200);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("m").await;
+    b.join("m").await;
+    a.say("m", "hi").await;
+    b.recv_type("message").await;
+    let (s, m) = get(node.addr, "/metrics").await;
+    assert_eq!(s, 200);
+    for needle in [
+        r#"relay_connections{encoding="json"} 2"#,
+        "relay_connections_opened_total 2",
+        r#"relay_commands_total{type="send",result="ok"} 1"#,
+        r#"relay_commands_total{type="join",result="ok"} 2"#,
+        "relay_messages_published_total 1",
+        "relay_messages_delivered_total 1",
+        "relay_build_info{",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    let (s, body) = get(node.addr, "/").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("<html") || body.contains("<!doctype") || body.contains("<!DOCTYPE"));
+    let (s, body) = get(node.addr, "/api/config").await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["auth"], "guest");
+    let (s, _) = get(node.addr, "/ws").await;
+    assert!(s >= 400, "plain GET /ws is not an upgrade");
+}
+
+#[tokio::test]
+async fn drain_closes_with_1001_and_exits_zero() {
+    let mut node = Node::start(&["--drain-secs", "1"]);
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = guest(&node, &format!("u{i}")).await;
+        c.join("d").await;
+        clients.push(c);
+    }
+    node.signal("TERM");
+    eventually("readyz 503", Duration::from_secs(2), || async {
+        get(node.addr, "/readyz").await.0 == 503
+    })
+    .await;
+    let r = Connect::new(format!("{}?user=late", node.url()))
+        .open()
+        .await
+        .err()
+        .expect("refused while draining");
+    assert_eq!(r.status, 503);
+    let started = std::time::Instant::now();
+    for c in clients.iter_mut() {
+        assert_eq!(c.recv_close().await, Some(1001));
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
