@@ -2,6 +2,7 @@
 //! environment variable. Built once in `main` and handed down as one value.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
@@ -11,6 +12,8 @@ use clap::{Args, ValueEnum};
 pub enum AuthMode {
     /// `?user=NAME`, names claimed cluster-wide while connected.
     Guest,
+    /// A login token from `POST /api/login` (needs `--secret`).
+    Token,
 }
 
 /// Log output format.
@@ -37,6 +40,68 @@ pub struct Config {
     /// How clients prove who they are.
     #[arg(long, env = "RELAY_AUTH", value_enum, default_value = "guest")]
     pub auth: AuthMode,
+
+    /// Signing key(s) of login tokens, the same on every node. Comma-separated
+    /// for rotation: the first signs, all verify.
+    #[arg(
+        long,
+        env = "RELAY_SECRET",
+        value_delimiter = ',',
+        required_if_eq("auth", "token"),
+        hide_env_values = true
+    )]
+    pub secret: Option<Vec<String>>,
+
+    /// Lifetime of login tokens, in seconds; a socket closes with 4001 when
+    /// its token expires.
+    #[arg(long, env = "RELAY_TOKEN_TTL_SECS", default_value_t = 86_400)]
+    pub token_ttl_secs: u64,
+
+    /// Bearer key(s) of `/api/publish`, `/api/rooms/*` and `/api/nodes`
+    /// (comma-separated for rotation); absent: those endpoints are off.
+    #[arg(
+        long,
+        env = "RELAY_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_key: Option<Vec<String>>,
+
+    /// PEM certificate chain: serve `https://` and `wss://` directly
+    /// (reloaded on SIGHUP and when the file changes).
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Most WebSocket connections this node holds (503 when full)
+    /// [default: the open-file limit minus a reserve].
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most concurrent WebSocket connections per client IP on this node (429 over it).
+    #[arg(long, env = "RELAY_MAX_CONNS_PER_IP", default_value_t = 1000)]
+    pub max_conns_per_ip: usize,
+
+    /// Most concurrent WebSocket connections per user on this node (429 over it).
+    #[arg(long, env = "RELAY_MAX_CONNS_PER_USER", default_value_t = 100)]
+    pub max_conns_per_user: usize,
+
+    /// Comma-separated proxy addresses or CIDRs whose `X-Forwarded-For` is
+    /// trusted for the client IP (e.g. `10.0.0.0/8,127.0.0.1`).
+    #[arg(long, env = "RELAY_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// Time allowed for the TLS handshake and the HTTP request head, in ms.
+    #[arg(long, env = "RELAY_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Register/login attempts per minute per client IP (429 with Retry-After over it).
+    #[arg(long, env = "RELAY_LOGIN_RATE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_rate: u32,
 
     /// Comma-separated allowed `Origin`s (e.g. `https://chat.example.com`);
     /// absent: any origin. Handshakes without an Origin header (non-browser
@@ -88,6 +153,13 @@ pub struct Config {
     pub log_level: String,
 }
 
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR"))
+}
+
 impl Config {
     /// A configuration with every default (for tests and embedding).
     pub fn default_for(listen: SocketAddr) -> Self {
@@ -121,6 +193,11 @@ impl Config {
     /// Presence TTL.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_millis(self.presence_ttl_ms.unwrap_or(self.heartbeat_ms * 3))
+    }
+
+    /// Time allowed for TLS and HTTP request heads.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
     }
 
     /// Drain window.

@@ -10,7 +10,9 @@
 //! Rule of the rooms: `protocol` knows nothing of sockets or Redis; `session`
 //! knows nothing of Redis; `backplane` knows nothing of WebSockets.
 
+pub mod auth;
 pub mod backplane;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod metrics;

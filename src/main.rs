@@ -15,6 +15,8 @@ struct Cli {
 enum Cmd {
     /// Run a relay node (in memory without --redis).
     Serve(Box<Config>),
+    /// Terminal chat client: join a room, send stdin lines, print events on stdout.
+    Chat(relay::client::ChatArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,6 +33,16 @@ fn main() -> anyhow::Result<()> {
                 relay::server::run(*config, listener, shutdown_signal()).await?;
                 anyhow::Ok(())
             })
+        }
+        Cmd::Chat(args) => {
+            // stdout is the chat transcript: logs go to stderr, warnings only.
+            relay::telemetry::init(relay::config::LogFormat::Text, "warn");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let code = runtime.block_on(relay::client::run(args));
+            // Exit at once: the stdin reader thread may be blocked in a read.
+            std::process::exit(code)
         }
     }
 }

@@ -124,6 +124,9 @@ pub enum AttachError {
     /// The guest name is held by someone without the presented resume token.
     #[error("name is taken")]
     NameTaken,
+    /// The user already has the most connections allowed on this node.
+    #[error("too many connections for this user")]
+    TooManyConnections,
     /// The backplane failed.
     #[error(transparent)]
     Backplane(#[from] BackplaneError),
@@ -232,6 +235,7 @@ impl Node {
         self: &Arc<Self>,
         user: &str,
         resume: Option<&str>,
+        max_per_user: usize,
     ) -> Result<UserLease, AttachError> {
         let entry = self
             .users
@@ -247,6 +251,9 @@ impl Node {
         if state.leases > 0 {
             if self.guest_names && resume != state.token.as_deref() {
                 return Err(AttachError::NameTaken);
+            }
+            if state.leases >= max_per_user {
+                return Err(AttachError::TooManyConnections);
             }
             state.leases += 1;
             return Ok(UserLease {

@@ -1,16 +1,19 @@
 //! Node lifecycle: build the backplane and node from the configuration, serve
 //! HTTP on an already bound listener, and drain on shutdown.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::backplane::memory::MemoryBackplane;
 use crate::backplane::SharedBackplane;
 use crate::config::{AuthMode, Config};
+use crate::http::limits::{AttemptLimiter, PerIp};
+use crate::http::serve::{serve, ServeOptions};
+use crate::http::tls::{ReloadingCert, TlsError};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -23,6 +26,26 @@ pub enum ServeError {
     /// Listening or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// TLS files could not be used.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+    /// The configuration is inconsistent.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// File descriptors kept free for everything that is not a client socket
+/// (Redis connections, log files, the listener, HTTP requests).
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024),
+    }
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains: the
@@ -35,8 +58,40 @@ pub async fn run(
 ) -> Result<(), ServeError> {
     let node_id = config.resolved_node_id();
     let metrics = Arc::new(Metrics::new());
+    let nofile = raise_nofile_limit();
+    // Descriptors: WebSocket sessions + HTTP connections not (yet) upgraded
+    // + a reserve must fit under the open-file limit.
+    let http_slots = (nofile / 10).clamp(64, 4096) as usize;
+    let max_connections = config.max_connections.unwrap_or_else(|| {
+        nofile
+            .saturating_sub(FD_RESERVE + http_slots as u64)
+            .max(16) as usize
+    });
+    let tokens = match config.auth {
+        AuthMode::Guest => None,
+        AuthMode::Token => {
+            let secrets = config.secret.clone().unwrap_or_default();
+            let keys = crate::auth::TokenKeys::new(&secrets, config.token_ttl_secs)
+                .ok_or_else(|| ServeError::Config("--auth token needs --secret".into()))?;
+            Some(Arc::new(keys))
+        }
+    };
+    let stop_tasks = CancellationToken::new();
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let reloading = ReloadingCert::load(cert, key)?;
+            reloading.watch(stop_tasks.clone());
+            Some(reloading.acceptor()?)
+        }
+        _ => None,
+    };
+
     let backplane: SharedBackplane = Arc::new(MemoryBackplane::standalone(node_id.clone()));
-    let node = Node::new(backplane.clone(), config.auth == AuthMode::Guest, metrics);
+    let node = Node::new(
+        backplane.clone(),
+        config.auth == AuthMode::Guest,
+        metrics.clone(),
+    );
     node.start();
     let session = Arc::new(SessionConfig {
         heartbeat: config.heartbeat(),
@@ -47,36 +102,59 @@ pub async fn run(
         },
     });
     let drain = config.drain();
+    let attempts = Arc::new(AttemptLimiter::new(config.login_rate));
+    {
+        let attempts = attempts.clone();
+        let stop = stop_tasks.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => attempts.sweep(),
+                }
+            }
+        });
+    }
+    let handshake_timeout = config.handshake_timeout();
     let state = AppState {
         node: node.clone(),
         config: Arc::new(config),
         session,
+        tokens,
+        attempts,
+        per_ip: Arc::new(PerIp::default()),
+        max_connections,
     };
     let app = router(state);
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, node = node_id, "relay listening");
+    tracing::info!(addr = %listener.local_addr()?, node = node_id, max_connections, tls = tls.is_some(), "relay listening");
 
-    let stop_http = tokio_util::sync::CancellationToken::new();
-    let stop = stop_http.clone();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future(),
-    );
+    let stop_http = CancellationToken::new();
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        ServeOptions {
+            tls,
+            handshake_timeout,
+            max_tcp: http_slots,
+            metrics,
+        },
+        stop_http.clone(),
+        Duration::from_secs(3),
+    ));
 
     shutdown.await;
     tracing::info!("shutdown requested");
     node.drain(drain).await;
     stop_http.cancel();
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
-        Err(_) => tracing::warn!("http server did not stop in time"),
-        _ => {}
+    if tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("http server did not stop in time");
     }
     backplane.shutdown().await;
+    stop_tasks.cancel();
     node.tasks.close();
     if tokio::time::timeout(Duration::from_secs(3), node.tasks.wait())
         .await

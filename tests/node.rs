@@ -581,7 +581,7 @@ async fn silent_connection_is_closed_after_two_heartbeats() {
 
 #[tokio::test]
 async fn slow_consumer_is_cut_off_while_fast_ones_keep_receiving() {
-    let node = Node::start(&["--max-queue", "64", "--rate", "100000"]);
+    let node = Node::start(&["--max-queue", "256", "--rate", "100000"]);
     let mut slow = guest(&node, "slow").await;
     let mut fast = guest(&node, "fast").await;
     let mut publisher = guest(&node, "pub").await;

@@ -6,6 +6,7 @@
 //! backplane runs. Nothing here knows about WebSockets.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! `GET /ws`: everything is checked before the upgrade completes, and every
 //! refusal is an HTTP response with a JSON body (PROTOCOL §1), never an
-//! upgraded socket that is then closed.
+//! upgraded socket that is then closed. Order: draining, upgrade headers,
+//! origin, capacity, per-IP limit, subprotocol, identity (guest name claim or
+//! token), per-user limit.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use super::limits::client_ip;
 use super::{refuse, AppState};
 use crate::node::AttachError;
 use crate::protocol::{is_valid_name, Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
@@ -37,6 +40,29 @@ fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, ()> {
         }
     }
     Err(())
+}
+
+/// The login token of a handshake: `Authorization: Bearer`, `?token=`, or
+/// the `relay_token` cookie, in that order.
+fn presented_token(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
+    if let Some(t) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(t.trim().to_owned());
+    }
+    if let Some(t) = query.get("token") {
+        return Some(t.clone());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == "relay_token")
+        .map(|(_, v)| v.to_owned())
 }
 
 /// The handshake handler.
@@ -81,6 +107,23 @@ pub(super) async fn upgrade(
             );
         }
     }
+    if app.node.session_count() >= app.max_connections {
+        return refused(
+            "over_capacity",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "this node is full; retry or connect to another node",
+        );
+    }
+    let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
+    let Some(ip_slot) = app.per_ip.acquire(ip, app.config.max_conns_per_ip) else {
+        return refused(
+            "ip_limit",
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many connections from this address",
+        );
+    };
     let encoding = match choose_encoding(&headers) {
         Ok(e) => e,
         Err(()) => {
@@ -92,16 +135,58 @@ pub(super) async fn upgrade(
             )
         }
     };
-    let Some(user) = query.get("user").filter(|u| is_valid_name(u)).cloned() else {
-        return refused(
-            "invalid_user",
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            "query parameter `user` must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
-        );
+    let (user, expires) = match &app.tokens {
+        None => {
+            let Some(user) = query.get("user").filter(|u| is_valid_name(u)).cloned() else {
+                return refused(
+                    "invalid_user",
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "query parameter `user` must match ^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",
+                );
+            };
+            (user, None)
+        }
+        Some(keys) => {
+            let claims = presented_token(&headers, &query).and_then(|t| keys.verify(&t).ok());
+            let Some(claims) = claims else {
+                return refused(
+                    "unauthorized",
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing, invalid or expired token",
+                );
+            };
+            match app.node.backplane().account_hash(&claims.sub).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return refused(
+                        "unauthorized",
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "unknown user",
+                    )
+                }
+                Err(_) => {
+                    return refused(
+                        "unavailable",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "backplane unavailable, retry later",
+                    )
+                }
+            }
+            let left_ms = (claims.exp * 1000).saturating_sub(crate::backplane::now_ms());
+            let expires = tokio::time::Instant::now() + std::time::Duration::from_millis(left_ms);
+            (claims.sub, Some(expires))
+        }
     };
     let resume = query.get("resume").map(String::as_str);
-    let lease = match app.node.attach_user(&user, resume).await {
+    let lease = match app
+        .node
+        .attach_user(&user, resume, app.config.max_conns_per_user)
+        .await
+    {
         Ok(lease) => lease,
         Err(AttachError::NameTaken) => {
             return refused(
@@ -109,6 +194,14 @@ pub(super) async fn upgrade(
                 StatusCode::CONFLICT,
                 "name_taken",
                 "this name is in use; pick another or present its resume token",
+            )
+        }
+        Err(AttachError::TooManyConnections) => {
+            return refused(
+                "user_limit",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "too many connections for this user",
             )
         }
         Err(AttachError::Backplane(e)) => {
@@ -129,13 +222,14 @@ pub(super) async fn upgrade(
     let max = app.config.max_frame_bytes as usize;
     let node = app.node.clone();
     let session = app.session.clone();
-    tracing::debug!(%peer, user, encoding = encoding.as_str(), "handshake accepted");
+    tracing::debug!(%peer, %ip, user, encoding = encoding.as_str(), "handshake accepted");
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| {
-            crate::session::run(socket, node, lease, user, encoding, session, None)
+        .write_buffer_size(32 * 1024)
+        .on_upgrade(move |socket| async move {
+            let _ip_slot = ip_slot;
+            crate::session::run(socket, node, lease, user, encoding, session, expires).await
         })
         .into_response()
 }

@@ -2,7 +2,11 @@
 //! then upgrade), health and readiness, metrics, the client configuration and
 //! the embedded web chat.
 
+mod api;
 mod handshake;
+pub mod limits;
+pub mod serve;
+pub mod tls;
 mod web;
 
 use std::sync::Arc;
@@ -26,6 +30,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Per-session settings.
     pub session: Arc<SessionConfig>,
+    /// Token keys (token auth mode).
+    pub tokens: Option<Arc<crate::auth::TokenKeys>>,
+    /// Register/login attempts per IP.
+    pub attempts: Arc<limits::AttemptLimiter>,
+    /// Open WebSocket connections per IP.
+    pub per_ip: Arc<limits::PerIp>,
+    /// Most WebSocket connections on this node.
+    pub max_connections: usize,
 }
 
 /// A refusal with the JSON body of PROTOCOL §1: `{"error", "message"}`.
@@ -39,7 +51,14 @@ pub fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Res
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.tokens.is_some() {
+        router = router.merge(api::account_routes());
+    }
+    if state.config.api_key.as_ref().is_some_and(|k| !k.is_empty()) {
+        router = router.merge(api::key_routes());
+    }
+    router
         .route("/ws", get(handshake::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -86,6 +105,7 @@ async fn metrics(axum::extract::State(app): axum::extract::State<AppState>) -> R
 async fn client_config(axum::extract::State(app): axum::extract::State<AppState>) -> Response {
     let auth = match app.config.auth {
         crate::config::AuthMode::Guest => "guest",
+        crate::config::AuthMode::Token => "token",
     };
     Json(json!({
         "auth": auth,

@@ -334,8 +334,10 @@ impl Client {
     }
 
     async fn read_frame(&mut self, within: Duration) -> Option<Result<ServerFrame, Option<u16>>> {
+        // One deadline for the whole call: pings must not extend it.
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            let next = match tokio::time::timeout(within, self.ws.next()).await {
+            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Err(_) => return None,
                 Ok(n) => n,
             };

@@ -1,0 +1,179 @@
+//! Accounts and tokens: Argon2id password hashes (per-user salt) and HS256
+//! JWT login tokens signed with `--secret`. Several secrets may be given for
+//! rotation: the first signs, all verify. Also the constant-time API-key check.
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::protocol::is_valid_name;
+
+/// Password length bounds (characters).
+pub const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=128;
+
+/// Errors of the auth layer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// Missing, malformed, forged or expired token.
+    #[error("invalid or expired token")]
+    InvalidToken,
+    /// Hashing failed (should not happen).
+    #[error("password hashing failed")]
+    Hash,
+}
+
+/// Claims of a login token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The user name.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issue time, Unix seconds.
+    pub iat: u64,
+}
+
+/// Signs and verifies login tokens.
+pub struct TokenKeys {
+    signing: EncodingKey,
+    verifying: Vec<DecodingKey>,
+    ttl_secs: u64,
+}
+
+impl TokenKeys {
+    /// Keys from the configured secrets (first signs, all verify).
+    pub fn new(secrets: &[String], ttl_secs: u64) -> Option<Self> {
+        let first = secrets.first()?;
+        Some(TokenKeys {
+            signing: EncodingKey::from_secret(first.as_bytes()),
+            verifying: secrets
+                .iter()
+                .map(|s| DecodingKey::from_secret(s.as_bytes()))
+                .collect(),
+            ttl_secs,
+        })
+    }
+
+    /// Issues a token for `user`; returns it with its expiry (Unix seconds).
+    pub fn issue(&self, user: &str) -> Result<(String, u64), AuthError> {
+        let now = crate::backplane::now_ms() / 1000;
+        let claims = Claims {
+            sub: user.to_owned(),
+            iat: now,
+            exp: now + self.ttl_secs,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.signing)
+            .map_err(|_| AuthError::Hash)?;
+        Ok((token, claims.exp))
+    }
+
+    /// Verifies a token's signature (with any key), algorithm and expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        for key in &self.verifying {
+            if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                if is_valid_name(&data.claims.sub) {
+                    return Ok(data.claims);
+                }
+            }
+        }
+        Err(AuthError::InvalidToken)
+    }
+}
+
+/// Hashes a password with Argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|_| AuthError::Hash)
+}
+
+/// Checks a password against a stored PHC hash.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so that a login
+/// for an unknown name costs as much as one with a wrong password.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("dummy-password-for-timing").unwrap_or_default())
+}
+
+/// Whether a password has an acceptable length.
+pub fn valid_password(password: &str) -> bool {
+    PASSWORD_CHARS.contains(&password.chars().count())
+}
+
+/// Constant-time comparison of a presented key with the configured ones.
+pub fn key_matches(presented: &str, keys: &[String]) -> bool {
+    let mut ok = subtle::Choice::from(0);
+    for key in keys {
+        ok |= presented.as_bytes().ct_eq(key.as_bytes());
+    }
+    ok.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert_ne!(h, hash_password("correct horse").unwrap(), "salted");
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_rotate_and_expire() {
+        let old = TokenKeys::new(&["old-secret".into()], 60).unwrap();
+        let rotated = TokenKeys::new(&["new-secret".into(), "old-secret".into()], 60).unwrap();
+        let (t, exp) = old.issue("alice").unwrap();
+        assert!(exp > 0);
+        assert_eq!(
+            rotated.verify(&t).unwrap().sub,
+            "alice",
+            "old tokens still verify"
+        );
+        let (t2, _) = rotated.issue("bob").unwrap();
+        assert_eq!(
+            old.verify(&t2),
+            Err(AuthError::InvalidToken),
+            "signed with the new key"
+        );
+        let other = TokenKeys::new(&["other".into()], 60).unwrap();
+        assert_eq!(other.verify(&t), Err(AuthError::InvalidToken));
+        assert_eq!(old.verify("garbage"), Err(AuthError::InvalidToken));
+        let expired = TokenKeys::new(&["old-secret".into()], 0).unwrap();
+        let (t3, _) = expired.issue("carol").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(old.verify(&t3), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn api_keys_compare() {
+        let keys = vec!["k1".to_string(), "key-two".to_string()];
+        assert!(key_matches("k1", &keys));
+        assert!(key_matches("key-two", &keys));
+        assert!(!key_matches("k", &keys));
+        assert!(!key_matches("", &keys));
+        assert!(!key_matches("anything", &[]));
+    }
+}

@@ -1,0 +1,10 @@
+-- Remove one presence entry.
+-- KEYS[1] presence
+-- ARGV[1] room  ARGV[2] user  ARGV[3] instance  ARGV[4] reason  ARGV[5] room channel
+-- Publishes `left` when it was the user's last entry in the room (any
+-- instance). Returns 1 when an entry was removed.
+local removed = redis.call('ZREM', KEYS[1], ARGV[2] .. '|' .. ARGV[3])
+if removed == 1 and user_entries(KEYS[1], ARGV[2]) == 0 then
+  publish_presence(ARGV[5], 'left', ARGV[1], ARGV[2], now_ms(), { reason = ARGV[4] })
+end
+return removed

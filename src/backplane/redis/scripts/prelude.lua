@@ -1,0 +1,44 @@
+-- Shared helpers, prepended to every script that needs them.
+
+-- Redis server time in Unix milliseconds (one clock for the whole cluster).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The room's epoch. A room's epoch and sequence are created together on
+-- first use; if either is missing (first use, or the store lost them) a new
+-- epoch starts: sequence 0, empty history.
+local function ensure_epoch(k_epoch, k_seq, k_history, candidate)
+  local epoch = redis.call('GET', k_epoch)
+  if epoch and redis.call('EXISTS', k_seq) == 1 then
+    return epoch
+  end
+  redis.call('SET', k_epoch, candidate)
+  redis.call('SET', k_seq, 0)
+  redis.call('DEL', k_history)
+  return candidate
+end
+
+-- Number of presence entries of `user` in a room (any instance). Members
+-- are `user|instance`; user names cannot contain '|' and every character
+-- they may contain sorts before '|', so the lexical range
+-- [user| .. (user} holds exactly this user's entries.
+local function user_entries(k_presence, user)
+  return redis.call('ZLEXCOUNT', k_presence, '[' .. user .. '|', '(' .. user .. '}')
+end
+
+-- Publishes a presence event on the room channel.
+local function publish_presence(channel, kind, room, user, ts, extra)
+  local env = { t = kind, room = room, user = user, ts = ts }
+  if extra then
+    for k, v in pairs(extra) do env[k] = v end
+  end
+  redis.call('PUBLISH', channel, cmsgpack.pack(env))
+end
+
+-- An origin (node, session) as envelope fields, or nil.
+local function origin(node, session)
+  if node == nil or node == '' then return nil end
+  return { node = node, session = tonumber(session) }
+end
