@@ -32,6 +32,21 @@ pub struct Config {
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Redis backplane URL (`redis://`, `rediss://`); absent: in-memory,
+    /// single node. Nodes sharing one Redis form one cluster.
+    #[arg(long, env = "RELAY_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and channel (several clusters can share one
+    /// Redis under different prefixes).
+    #[arg(long, env = "RELAY_REDIS_PREFIX", default_value = "relay")]
+    pub redis_prefix: String,
+
+    /// Upper bound of every Redis call, in ms; a call that times out answers
+    /// `unavailable`.
+    #[arg(long, env = "RELAY_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
     /// This node's name in `welcome.node`, logs and presence [default: host
     /// name + random suffix].
     #[arg(long, env = "RELAY_NODE_ID")]

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::redis::{RedisBackplane, RedisOptions};
 use crate::backplane::SharedBackplane;
 use crate::config::{AuthMode, Config};
 use crate::http::limits::{AttemptLimiter, PerIp};
@@ -29,6 +30,9 @@ pub enum ServeError {
     /// TLS files could not be used.
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    /// The backplane could not be reached at start-up.
+    #[error("backplane: {0}")]
+    Backplane(#[from] crate::backplane::BackplaneError),
     /// The configuration is inconsistent.
     #[error("configuration: {0}")]
     Config(String),
@@ -45,6 +49,41 @@ pub fn raise_nofile_limit() -> u64 {
         Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024),
+    }
+}
+
+/// Builds the backplane: Redis with `--redis` (retrying for a while when
+/// Redis is not up yet), in-memory otherwise.
+async fn connect_backplane(
+    config: &Config,
+    node_id: &str,
+    metrics: &Arc<Metrics>,
+) -> Result<SharedBackplane, ServeError> {
+    let Some(url) = &config.redis else {
+        tracing::info!("no --redis: single node, state in memory");
+        return Ok(Arc::new(MemoryBackplane::standalone(node_id)));
+    };
+    let options = RedisOptions {
+        prefix: config.redis_prefix.clone(),
+        heartbeat: config.heartbeat(),
+        presence_ttl: config.presence_ttl(),
+        command_timeout: Duration::from_millis(config.redis_timeout_ms.max(10)),
+    };
+    let mut attempt = 0u32;
+    loop {
+        match RedisBackplane::connect(url, node_id.to_owned(), options.clone()).await {
+            Ok(bp) => {
+                bp.set_metrics(metrics.clone());
+                tracing::info!(instance = bp.instance(), "connected to the Redis backplane");
+                return Ok(Arc::new(bp));
+            }
+            Err(e) if attempt < 30 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -86,7 +125,7 @@ pub async fn run(
         _ => None,
     };
 
-    let backplane: SharedBackplane = Arc::new(MemoryBackplane::standalone(node_id.clone()));
+    let backplane = connect_backplane(&config, &node_id, &metrics).await?;
     let node = Node::new(
         backplane.clone(),
         config.auth == AuthMode::Guest,

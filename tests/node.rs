@@ -397,7 +397,12 @@ async fn recovery_after_reconnect() {
 async fn msgpack_and_json_clients_share_a_room() {
     let node = Node::start(&[]);
     let mut j = guest_enc(&node, "jay", Encoding::Json).await;
-    let mut m = guest_enc(&node, "max", Encoding::MsgPack).await;
+    let mut m = Connect::new(format!("{}?user=max", node.url()))
+        .encoding(Encoding::MsgPack)
+        .paused()
+        .open()
+        .await
+        .unwrap();
     m.join("mix").await;
     j.join("mix").await;
     m.recv_type("user_joined").await;
@@ -411,13 +416,9 @@ async fn msgpack_and_json_clients_share_a_room() {
     assert_eq!(js(&j.recv_type("message").await)["text"], "from msgpack");
     // The server really speaks binary MessagePack frames to `max`.
     m.send(json!({"type":"ping","ref":"p"})).await;
-    use futures_util::StreamExt;
-    let raw = loop {
-        match m.ws.next().await.unwrap().unwrap() {
-            Message::Binary(b) => break b,
-            Message::Text(t) => panic!("text frame to a msgpack client: {t}"),
-            _ => continue,
-        }
+    let raw = match m.recv_raw().await {
+        Message::Binary(b) => b,
+        other => panic!("not a binary frame to a msgpack client: {other:?}"),
     };
     let v: rmpv::Value = rmpv::decode::read_value(&mut &raw[..]).unwrap();
     assert!(v.is_map());
@@ -510,10 +511,11 @@ async fn rate_limit_then_policy_close() {
     for _ in 0..9 {
         a.recv_type("pong").await;
     }
-    a.send(json!({"type":"send","room":"r","text":"over the limit"}))
+    a.send(json!({"type":"send","room":"r","text":"over the limit","ref":"x1"}))
         .await;
     let e = js(&a.recv_type("error").await);
     assert_eq!(e["code"], "rate_limited");
+    assert_eq!(e["ref"], "x1", "the refused command's ref is echoed");
     assert!(e["retry_ms"]
         .as_u64()
         .is_some_and(|ms| ms > 0 && ms <= 1000));
@@ -560,7 +562,11 @@ async fn invalid_utf8_closes_with_1007() {
 async fn silent_connection_is_closed_after_two_heartbeats() {
     let node = Node::start(&["--heartbeat-ms", "200"]);
     let mut a = guest(&node, "alice").await;
-    let mut b = guest(&node, "bob").await;
+    let mut b = Connect::new(format!("{}?user=bob", node.url()))
+        .paused()
+        .open()
+        .await
+        .unwrap();
     a.join("hb").await;
     b.join("hb").await;
     a.recv_type("user_joined").await;
@@ -582,7 +588,11 @@ async fn silent_connection_is_closed_after_two_heartbeats() {
 #[tokio::test]
 async fn slow_consumer_is_cut_off_while_fast_ones_keep_receiving() {
     let node = Node::start(&["--max-queue", "256", "--rate", "100000"]);
-    let mut slow = guest(&node, "slow").await;
+    let mut slow = Connect::new(format!("{}?user=slow", node.url()))
+        .paused()
+        .open()
+        .await
+        .unwrap();
     let mut fast = guest(&node, "fast").await;
     let mut publisher = guest(&node, "pub").await;
     slow.join("big").await;

@@ -17,8 +17,10 @@
   const CONNECT_TIMEOUT_MS = 10000;     // no welcome within this: give up on the attempt
   const INITIAL_ATTEMPTS = 3;           // first sign-in: give up (back to the form) after this many
   const TYPING_THROTTLE_MS = 2500;      // at most one typing{active:true} per 2.5 s
+  const TYPING_RESTART_MS = 600;        // ... and at least this long after the previous one
   const TYPING_IDLE_MS = 3000;          // typing{active:false} after 3 s without a keystroke
   const TYPING_EXPIRE_MS = 5000;        // a received indicator disappears after 5 s
+  const ACK_RESEND_MS = 8000;           // a room message unconfirmed this long is sent again (same client_id)
   const ACK_TIMEOUT_MS = 20000;         // pending this long while connected: show as failed
   const MAX_AUTO_RETRIES = 3;           // rate_limited / unavailable retries per message
   const MAX_ITEMS = 500;                // messages + notices kept per conversation
@@ -122,7 +124,6 @@
       name, epoch: null, lastId: 0, ids: new Set(), items: [],
       presence: new Set(), typing: new Map(), unread: 0,
       joined: false, joining: false, rejoin: false, joinRef: null, everJoined: false,
-      loadingOlder: false, noOlder: false,
     };
   }
   function newDm(peer) { return { peer, ids: new Set(), items: [], unread: 0 }; }
@@ -135,7 +136,7 @@
       'login-view', 'guest-form', 'token-form', 'name-input', 'connect-button', 'username-input', 'password-input',
       'login-button', 'register-button', 'login-error', 'login-node', 'chat-view', 'join-form', 'room-input',
       'join-error', 'room-list', 'dm-list', 'dm-empty', 'room-pane', 'room-title', 'room-count', 'leave-button',
-      'room-scroller', 'room-older', 'room-messages', 'room-jump', 'typing-indicator', 'room-composer',
+      'room-scroller', 'room-messages', 'room-jump', 'typing-indicator', 'room-composer',
       'message-input', 'send-button', 'room-counter', 'dm-pane', 'dm-back', 'dm-title', 'dm-status', 'dm-close',
       'dm-scroller', 'dm-messages', 'dm-jump', 'dm-composer', 'dm-input', 'dm-send', 'dm-counter',
       'people-panel', 'people-title', 'online-list', 'rooms-panel', 'toggle-rooms', 'toggle-people', 'scrim',
@@ -345,6 +346,7 @@
     dropSocket();
     S.refs.clear();
     S.welcomed = false;
+    for (const item of S.pending.values()) item.inFlight = false; // resent after the rejoin
     stopTypingOut(false);
     for (const room of S.rooms.values()) {
       room.joined = false; room.joining = false;
@@ -357,7 +359,7 @@
 
     switch (code) {
       case 4001:
-        endSession('Your session has expired. Please log in again.');
+        endSession(S.mode === 'token' ? 'Your session has expired. Please log in again.' : 'Your session has expired. Pick a name to chat again.');
         return;
       case 1008:
         setPhase('stopped');
@@ -511,7 +513,12 @@
       for (const room of S.rooms.values()) sendJoin(room);
       // Un-acked direct messages go out again (rooms resend theirs once re-joined).
       for (const item of S.pending.values()) if (item.peer && item.status === 'pending') transmit(item);
-      if (first) showChat(); else renderAll();
+      if (first) {
+        showChat();
+        if (S.active && S.active.kind === 'dm') D.dmInput.focus(); else D.messageInput.focus();
+      } else {
+        renderAll();
+      }
       saveRooms();
     },
 
@@ -537,7 +544,9 @@
       // Messages written while away go out now, in the order they were written.
       for (const item of S.pending.values()) if (item.room === name && item.status === 'pending') transmit(item);
       if (isActiveRoom(name)) renderRoomPane(true);
+      if (peopleRoomName() === name) renderPeople();
       renderRoomList();
+      renderDmHead();
       updateTitle();
     },
 
@@ -589,7 +598,8 @@
       const had = room.presence.has(user);
       room.presence.add(user);
       if (!had && user !== S.user) addNotice(room, `${user} joined`, 'join', f.ts);
-      if (isActiveRoom(room.name)) { renderPeople(); renderRoomHead(); }
+      if (isActiveRoom(room.name)) renderRoomHead();
+      if (peopleRoomName() === room.name) renderPeople();
       renderDmHead();
     },
 
@@ -601,7 +611,8 @@
       clearTyping(room, user);
       const how = { leave: 'left', disconnect: 'disconnected', timeout: 'lost connection' }[f.reason] || 'left';
       if (had && user !== S.user) addNotice(room, `${user} ${how}`, 'leave', f.ts);
-      if (isActiveRoom(room.name)) { renderPeople(); renderRoomHead(); }
+      if (isActiveRoom(room.name)) renderRoomHead();
+      if (peopleRoomName() === room.name) renderPeople();
       renderDmHead();
     },
 
@@ -624,25 +635,8 @@
       if (!room) return;
       room.presence = new Set((Array.isArray(f.users) ? f.users : []).map(String));
       if (S.user && room.joined) room.presence.add(S.user);
-      if (isActiveRoom(room.name)) { renderPeople(); renderRoomHead(); }
-    },
-
-    history(f) {
-      if (f.ref != null) S.refs.delete(f.ref);
-      const room = S.rooms.get(String(f.room));
-      if (!room) return;
-      room.loadingOlder = false;
-      const msgs = (Array.isArray(f.messages) ? f.messages : []).filter((m) => !room.ids.has(Number(m.id)));
-      if (msgs.length === 0) room.noOlder = true;
-      const scroller = D.roomScroller;
-      const before = scroller.scrollHeight - scroller.scrollTop;
-      const older = msgs.map((m) => { room.ids.add(Number(m.id)); return msgItem(m); });
-      room.items.unshift(...older);
-      if (isActiveRoom(room.name)) {
-        D.roomMessages.prepend(...older.map((i) => i.node));
-        scroller.scrollTop = scroller.scrollHeight - before; // keep the view where it was
-        renderOlderButton(room);
-      }
+      if (isActiveRoom(room.name)) renderRoomHead();
+      if (peopleRoomName() === room.name) renderPeople();
     },
 
     pong() { /* lastRx was updated on receipt */ },
@@ -654,6 +648,7 @@
     },
   };
 
+  let lastRateToast = 0;
   const ERROR_TEXT = {
     bad_frame: 'The server could not read a command.',
     invalid: 'The server rejected a command as invalid.',
@@ -669,6 +664,20 @@
     const retryMs = Math.max(Number(f.retry_ms) || 1000, 200);
     let text = ERROR_TEXT[code] || `Error: ${code}`;
     if (code === 'rate_limited') text = `You are sending too fast. Retrying in ${(retryMs / 1000).toFixed(1)} s.`;
+    if (code === 'rate_limited' && !meta) {
+      // We cannot tell which command was refused: send every unconfirmed room
+      // message again a bit later (client_id makes that safe).
+      const now = Date.now();
+      for (const item of S.pending.values()) {
+        if (item.room && item.inFlight && item.status === 'pending' && item.sentAt <= now) {
+          item.inFlight = false;
+          item.autoRetries++;
+          setTimeout(() => { if (item.status === 'pending' && !item.inFlight) transmit(item); }, retryMs + Math.random() * 250);
+        }
+      }
+      if (now - lastRateToast > 3000) { lastRateToast = now; toast('You are sending too fast; slowing down.', { tone: 'warn', code }); }
+      return;
+    }
     if (meta && (meta.kind === 'send' || meta.kind === 'dm')) {
       const item = S.pending.get(meta.clientId);
       if (item) {
@@ -711,10 +720,6 @@
       }
       toast(`Could not join #${meta.room}: ${message || text}`, { tone: 'error', code });
       return;
-    }
-    if (meta && meta.kind === 'history') {
-      const room = S.rooms.get(meta.room);
-      if (room) room.loadingOlder = false;
     }
     if (meta && meta.kind === 'typing') return; // never worth bothering the user
     if (code === 'not_member' && meta && meta.kind === 'who') return;
@@ -820,7 +825,6 @@
     room.items = [];
     room.ids = new Set();
     room.lastId = 0;
-    room.noOlder = false;
     for (const m of history) {
       const id = Number(m.id);
       if (!Number.isFinite(id) || room.ids.has(id)) continue;
@@ -996,7 +1000,13 @@
 
   function sweepPending(now) {
     for (const item of S.pending.values()) {
-      if (item.status === 'pending' && item.inFlight && now - item.sentAt > ACK_TIMEOUT_MS) {
+      if (item.status !== 'pending' || !item.inFlight) continue;
+      const waited = now - item.sentAt;
+      if (item.room && waited > ACK_RESEND_MS && item.autoRetries < MAX_AUTO_RETRIES) {
+        item.autoRetries++;
+        item.inFlight = false;
+        transmit(item); // same client_id: never delivered twice
+      } else if (waited > ACK_TIMEOUT_MS) {
         failItem(item, 'No confirmation from the server');
       }
     }
@@ -1013,7 +1023,11 @@
     if (!D.messageInput.value.trim()) { stopTypingOut(true); return; }
     const now = Date.now();
     if (T.active && T.room !== room.name) stopTypingOut(true);
-    if (!T.active || now - T.lastSent >= TYPING_THROTTLE_MS) {
+    // While typing: one active:true every 2.5 s (it also keeps the receivers'
+    // 5 s expiry from firing). Typing again after a send/stop: at once, but
+    // not more often than every 0.6 s (fast senders would hit the rate limit).
+    const gap = T.active ? TYPING_THROTTLE_MS : TYPING_RESTART_MS;
+    if (now - T.lastSent >= gap || T.room !== room.name) {
       send({ type: 'typing', room: room.name, active: true }, { kind: 'typing' });
       T.active = true;
       T.room = room.name;
@@ -1030,7 +1044,6 @@
       send({ type: 'typing', room: T.room, active: false }, { kind: 'typing' });
     }
     T.active = false;
-    T.lastSent = 0;
   }
 
   // ---------------------------------------------------------------- navigation
@@ -1146,20 +1159,12 @@
     D.roomComposer.hidden = !room;
     if (!room) {
       D.roomMessages.replaceChildren(h('li', { className: 'empty', text: 'Join a room to start chatting.' }));
-      D.roomOlder.hidden = true;
       renderTyping();
       return;
     }
     D.roomMessages.replaceChildren(...room.items.map((i) => i.node));
-    renderOlderButton(room);
     renderTyping();
     if (toBottom) scrollToBottom(D.roomScroller, D.roomJump);
-  }
-
-  function renderOlderButton(room) {
-    const first = room.items.find((i) => i.kind === 'msg' && i.id != null);
-    D.roomOlder.hidden = !(room.joined && first && first.id > 1 && !room.noOlder);
-    D.roomOlder.disabled = room.loadingOlder;
   }
 
   function renderDmHead() {
@@ -1180,8 +1185,11 @@
     scrollToBottom(D.dmScroller, D.dmJump);
   }
 
+  /** The room whose online list is shown: the open room, or the last one while a DM is open. */
+  function peopleRoomName() { return S.active && S.active.kind === 'room' ? S.active.id : S.lastRoom; }
+
   function renderPeople() {
-    const roomName = S.active && S.active.kind === 'room' ? S.active.id : S.lastRoom;
+    const roomName = peopleRoomName();
     const room = roomName ? S.rooms.get(roomName) : null;
     D.peopleTitle.textContent = room ? `Online in #${room.name}` : 'Online';
     const users = room ? [...room.presence].sort((a, b) => (a === S.user ? -1 : b === S.user ? 1 : a.localeCompare(b))) : [];
@@ -1266,8 +1274,11 @@
   }
 
   function autoGrow(ta) {
+    const scroller = ta === D.dmInput ? D.dmScroller : D.roomScroller;
+    const stick = nearBottom(scroller);
     ta.style.height = 'auto';
     ta.style.height = `${Math.min(ta.scrollHeight, 200)}px`;
+    if (stick) scroller.scrollTop = scroller.scrollHeight; // the list got shorter: keep the newest in view
   }
 
   // ---------------------------------------------------------------- drawers (narrow screens)
@@ -1400,16 +1411,6 @@
       if (joinRoomByName(D.roomInput.value)) D.roomInput.value = '';
     });
     D.leaveButton.addEventListener('click', () => { if (S.active && S.active.kind === 'room') leaveRoom(S.active.id); });
-    D.roomOlder.addEventListener('click', () => {
-      const room = S.active && S.active.kind === 'room' ? S.rooms.get(S.active.id) : null;
-      if (!room || room.loadingOlder || !isOpen()) return;
-      const first = room.items.find((i) => i.kind === 'msg' && i.id != null);
-      if (!first) return;
-      room.loadingOlder = true;
-      D.roomOlder.disabled = true;
-      send({ type: 'history', room: room.name, before: first.id, limit: 50 }, { kind: 'history', room: room.name });
-    });
-
     D.roomComposer.addEventListener('submit', (ev) => { ev.preventDefault(); submitRoom(); D.messageInput.focus(); });
     composerKeys(D.messageInput, submitRoom);
     D.messageInput.addEventListener('input', onRoomTyping);

@@ -105,7 +105,7 @@ impl MemoryHub {
         MemoryBackplane {
             hub: self.inner.clone(),
             node_id,
-            events_tx: tx,
+            events_tx: Mutex::new(Some(tx)),
             events_rx: Mutex::new(Some(rx)),
         }
     }
@@ -115,7 +115,9 @@ impl MemoryHub {
 pub struct MemoryBackplane {
     hub: Arc<HubInner>,
     node_id: String,
-    events_tx: mpsc::UnboundedSender<Event>,
+    /// Taken on shutdown, which ends the node's event stream once the hub
+    /// dropped its copies too.
+    events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     events_rx: Mutex<Option<EventStream>>,
 }
 
@@ -137,13 +139,19 @@ impl Backplane for MemoryBackplane {
     }
 
     fn subscribe(&self, topic: Topic) -> oneshot::Receiver<Result<()>> {
-        self.hub
-            .subscribers
-            .entry(topic)
-            .or_default()
-            .insert(self.node_id.clone(), self.events_tx.clone());
         let (tx, rx) = oneshot::channel();
-        let _ = tx.send(Ok(()));
+        let events = self.events_tx.lock().ok().and_then(|t| t.clone());
+        let _ = tx.send(match events {
+            Some(events) => {
+                self.hub
+                    .subscribers
+                    .entry(topic)
+                    .or_default()
+                    .insert(self.node_id.clone(), events);
+                Ok(())
+            }
+            None => Err(super::BackplaneError::Unavailable("shut down".into())),
+        });
         rx
     }
 
@@ -403,6 +411,9 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn shutdown(&self) {
+        if let Ok(mut tx) = self.events_tx.lock() {
+            tx.take();
+        }
         self.hub.nodes.remove(&self.node_id);
         self.hub.subscribers.retain(|_, subs| {
             subs.remove(&self.node_id);

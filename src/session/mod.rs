@@ -278,11 +278,16 @@ impl Reader {
             Verdict::Allow => {}
             Verdict::Limited(wait) => {
                 self.node.metrics.rate_limited.inc();
-                self.node.metrics.command("unknown", "rate_limited");
+                // Decoded only to echo the command's ref; it is not run.
+                let (kind, reference) = match decode_command(bytes, encoding, &self.config.limits) {
+                    Ok((command, reference)) => (command.kind(), reference),
+                    Err(e) => ("unknown", e.reference),
+                };
+                self.node.metrics.command(kind, "rate_limited");
                 self.reply(ServerFrame::Error {
                     code: ErrorCode::RateLimited,
                     message: format!("more than {} commands per second", self.config.rate),
-                    reference: None,
+                    reference,
                     retry_ms: Some(wait.as_millis().max(1) as u64),
                 });
                 return None;

@@ -2,6 +2,9 @@
 //! client (tokio-tungstenite) and a tiny HTTP client. No mocks.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod nginx;
+pub mod redis;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -199,15 +202,72 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// What the background reader saw.
+enum Incoming {
+    Frame(ServerFrame),
+    Closed(Option<u16>),
+}
+
+/// Where a client's frames come from: a background task that reads all the
+/// time (and so answers the server's pings, like a real client), or the raw
+/// stream for tests that must not read (slow consumers, silent peers).
+enum Source {
+    Live(tokio::sync::mpsc::UnboundedReceiver<Incoming>),
+    Paused(futures_util::stream::SplitStream<Ws>),
+}
+
 /// A typed protocol client.
 pub struct Client {
-    pub ws: Ws,
+    sink: futures_util::stream::SplitSink<Ws, Message>,
+    source: Source,
     pub encoding: Encoding,
     pending: VecDeque<ServerFrame>,
     next_ref: i64,
     pub user: String,
     pub resume: Option<String>,
     pub session: String,
+}
+
+fn decode(msg: Message) -> Option<Result<ServerFrame, Option<u16>>> {
+    match msg {
+        Message::Text(t) => Some(Ok(decode_server_frame(t.as_bytes(), Encoding::Json)
+            .unwrap_or_else(|e| panic!("bad frame {t}: {e}")))),
+        Message::Binary(b) => Some(Ok(
+            decode_server_frame(&b, Encoding::MsgPack).expect("msgpack frame")
+        )),
+        Message::Close(c) => Some(Err(c.map(|c| u16::from(c.code)))),
+        _ => None,
+    }
+}
+
+fn spawn_reader(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Incoming> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(msg)) => match decode(msg) {
+                    Some(Ok(f)) => {
+                        let gone = tx.send(Incoming::Frame(f)).is_err();
+                        if gone {
+                            return;
+                        }
+                    }
+                    Some(Err(code)) => {
+                        let _ = tx.send(Incoming::Closed(code));
+                        return;
+                    }
+                    None => {}
+                },
+                Some(Err(_)) | None => {
+                    let _ = tx.send(Incoming::Closed(None));
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// A refused handshake: HTTP status and JSON body.
@@ -221,6 +281,7 @@ pub struct Connect<'a> {
     pub url: String,
     pub encoding: Option<Encoding>,
     pub headers: Vec<(&'a str, String)>,
+    pub paused: bool,
 }
 
 impl<'a> Connect<'a> {
@@ -229,10 +290,16 @@ impl<'a> Connect<'a> {
             url: url.into(),
             encoding: None,
             headers: vec![],
+            paused: false,
         }
     }
     pub fn encoding(mut self, e: Encoding) -> Self {
         self.encoding = Some(e);
+        self
+    }
+    /// Reads only when the test asks (no automatic pongs, no draining).
+    pub fn paused(mut self) -> Self {
+        self.paused = true;
         self
     }
     pub fn header(mut self, k: &'a str, v: impl Into<String>) -> Self {
@@ -261,8 +328,10 @@ impl<'a> Connect<'a> {
             .expect("connect timeout")
         {
             Ok((ws, _)) => {
+                let (sink, stream) = ws.split();
                 let mut c = Client {
-                    ws,
+                    sink,
+                    source: Source::Paused(stream),
                     encoding: self.encoding.unwrap_or(Encoding::Json),
                     pending: VecDeque::new(),
                     next_ref: 1,
@@ -282,6 +351,9 @@ impl<'a> Connect<'a> {
                         c.session = session;
                     }
                     other => panic!("expected welcome, got {other:?}"),
+                }
+                if !self.paused {
+                    c.resume_reading();
                 }
                 Ok(c)
             }
@@ -325,36 +397,62 @@ impl Client {
                 Message::Binary(rmp_serde::to_vec_named(&cmd).expect("msgpack").into())
             }
         };
-        self.ws.send(msg).await.expect("send");
+        self.sink.send(msg).await.expect("send");
     }
 
     /// Sends raw bytes as a text or binary frame.
     pub async fn send_raw(&mut self, msg: Message) {
-        let _ = self.ws.send(msg).await;
+        let _ = self.sink.send(msg).await;
+    }
+
+    /// Starts the background reader of a paused client.
+    pub fn resume_reading(&mut self) {
+        let placeholder = Source::Live(tokio::sync::mpsc::unbounded_channel().1);
+        if let Source::Paused(stream) = std::mem::replace(&mut self.source, placeholder) {
+            self.source = Source::Live(spawn_reader(stream));
+        }
+    }
+
+    /// The next raw WebSocket message of a paused client.
+    pub async fn recv_raw(&mut self) -> Message {
+        let Source::Paused(stream) = &mut self.source else {
+            panic!("recv_raw needs a paused client")
+        };
+        loop {
+            match tokio::time::timeout(WAIT, stream.next())
+                .await
+                .expect("raw frame in time")
+            {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
     }
 
     async fn read_frame(&mut self, within: Duration) -> Option<Result<ServerFrame, Option<u16>>> {
         // One deadline for the whole call: pings must not extend it.
         let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(n) => n,
-            };
-            match next {
-                Some(Ok(Message::Text(t))) => {
-                    return Some(Ok(decode_server_frame(t.as_bytes(), Encoding::Json)
-                        .unwrap_or_else(|e| panic!("bad frame {t}: {e}"))))
+        match &mut self.source {
+            Source::Live(rx) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => None,
+                Ok(Some(Incoming::Frame(f))) => Some(Ok(f)),
+                Ok(Some(Incoming::Closed(code))) => Some(Err(code)),
+                Ok(None) => Some(Err(None)),
+            },
+            Source::Paused(stream) => loop {
+                let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => return None,
+                    Ok(n) => n,
+                };
+                match next {
+                    Some(Ok(msg)) => match decode(msg) {
+                        Some(r) => return Some(r),
+                        None => continue,
+                    },
+                    Some(Err(_)) | None => return Some(Err(None)),
                 }
-                Some(Ok(Message::Binary(b))) => {
-                    return Some(Ok(
-                        decode_server_frame(&b, Encoding::MsgPack).expect("msgpack frame")
-                    ))
-                }
-                Some(Ok(Message::Close(c))) => return Some(Err(c.map(|c| u16::from(c.code)))),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Some(Err(None)),
-            }
+            },
         }
     }
 
@@ -462,9 +560,9 @@ impl Client {
     }
 
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        let _ = self.sink.send(Message::Close(None)).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.ws.next().await {}
+            while let Some(Ok(_)) = self.read_frame(Duration::from_secs(2)).await {}
         })
         .await;
     }

@@ -20,6 +20,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Append-only file with fsync on every write: survives `stop`/`start`.
+    persist: bool,
 }
 
 fn binary() -> String {
@@ -59,6 +61,16 @@ impl RedisServer {
     /// Starts a server on a free port. Retries on another port if the
     /// chosen one was taken meanwhile.
     pub fn new() -> RedisServer {
+        Self::with_persistence(false)
+    }
+
+    /// A server whose data survives `stop`/`start` (AOF, fsync always), as a
+    /// production Redis with persistence would.
+    pub fn persistent() -> RedisServer {
+        Self::with_persistence(true)
+    }
+
+    fn with_persistence(persist: bool) -> RedisServer {
         require_redis_server();
         let mut last_log = String::new();
         for _ in 0..5 {
@@ -66,6 +78,7 @@ impl RedisServer {
                 child: None,
                 port: free_port(),
                 dir: tempfile::tempdir().expect("tempdir"),
+                persist,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -99,7 +112,8 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "no"])
+            .args(["--appendonly", if self.persist { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
@@ -144,7 +158,7 @@ impl RedisServer {
     }
 
     /// Stops the server abruptly (SIGKILL, as a crash or a network loss).
-    /// Its data is gone: nothing is persisted.
+    /// Its data is gone unless the server is `persistent`.
     pub fn stop(&mut self) {
         self.kill();
     }

@@ -1,0 +1,450 @@
+//! Several relay processes on one real redis-server behave as one server:
+//! rooms, history, presence, names and direct messages across nodes; node
+//! crashes, Redis outages, ordering under concurrency, and a real nginx load
+//! balancer in front.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use relay::protocol::ServerFrame;
+use serde_json::json;
+use support::nginx::Nginx;
+use support::redis::RedisServer;
+use support::*;
+
+struct Cluster {
+    redis: RedisServer,
+    nodes: Vec<Node>,
+}
+
+fn node_on(redis: &RedisServer, id: &str, extra: &[&str]) -> Node {
+    let url = redis.url();
+    let mut args = vec![
+        "--redis",
+        url.as_str(),
+        "--node-id",
+        id,
+        "--heartbeat-ms",
+        "200",
+        "--rate",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    Node::start(&args)
+}
+
+fn cluster(n: usize, redis: RedisServer, extra: &[&str]) -> Cluster {
+    let nodes = (0..n)
+        .map(|i| node_on(&redis, &format!("node{i}"), extra))
+        .collect();
+    Cluster { redis, nodes }
+}
+
+#[tokio::test]
+async fn messages_history_and_presence_are_shared_across_nodes() {
+    let c = cluster(3, RedisServer::new(), &[]);
+    let mut a = guest(&c.nodes[0], "alice").await;
+    let mut b = guest(&c.nodes[1], "bob").await;
+    let mut d = guest(&c.nodes[2], "carol").await;
+    let ja = js(&a.join("lobby").await);
+    let jb = js(&b.join("lobby").await);
+    assert_eq!(ja["epoch"], jb["epoch"]);
+    assert_eq!(jb["presence"], json!(["alice", "bob"]));
+    assert_eq!(js(&a.recv_type("user_joined").await)["user"], "bob");
+    a.say("lobby", "hello from node0").await;
+    let m = js(&b.recv_type("message").await);
+    assert_eq!(
+        (m["from"].as_str(), m["text"].as_str(), m["id"].as_u64()),
+        (Some("alice"), Some("hello from node0"), Some(1))
+    );
+    let jd = js(&d.join("lobby").await);
+    assert_eq!(jd["presence"], json!(["alice", "bob", "carol"]));
+    assert_eq!(jd["history"][0]["text"], "hello from node0");
+    assert_eq!(jd["epoch"], ja["epoch"]);
+    for x in [&mut a, &mut b] {
+        assert_eq!(js(&x.recv_type("user_joined").await)["user"], "carol");
+    }
+    d.say("lobby", "and from node2").await;
+    for x in [&mut a, &mut b] {
+        let m = js(&x.recv_type("message").await);
+        assert_eq!(
+            (m["id"].as_u64(), m["from"].as_str()),
+            (Some(2), Some("carol"))
+        );
+    }
+    d.expect_silence(200).await;
+    let p = js(&a.request(json!({"type":"who","room":"lobby"})).await);
+    assert_eq!(p["users"], json!(["alice", "bob", "carol"]));
+    b.request(json!({"type":"leave","room":"lobby"})).await;
+    for x in [&mut a, &mut d] {
+        let ul = js(&x.recv_type("user_left").await);
+        assert_eq!(
+            (ul["user"].as_str(), ul["reason"].as_str()),
+            (Some("bob"), Some("leave"))
+        );
+    }
+    d.close().await;
+    let ul = js(&a.recv_type("user_left").await);
+    assert_eq!(
+        (ul["user"].as_str(), ul["reason"].as_str()),
+        (Some("carol"), Some("disconnect"))
+    );
+}
+
+#[tokio::test]
+async fn names_tabs_and_direct_messages_across_nodes() {
+    let c = cluster(2, RedisServer::new(), &[]);
+    let mut a1 = guest(&c.nodes[0], "alice").await;
+    let r = Connect::new(format!("{}?user=alice", c.nodes[1].url()))
+        .open()
+        .await
+        .err()
+        .expect("claimed cluster-wide");
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (409, Some("name_taken"))
+    );
+    let resume = a1.resume.clone().unwrap();
+    // A second tab of alice on the other node.
+    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", c.nodes[1].url()))
+        .open()
+        .await
+        .expect("resume token shares the name");
+    let mut b = guest(&c.nodes[1], "bob").await;
+    b.join("room").await;
+    a1.join("room").await;
+    assert_eq!(js(&b.recv_type("user_joined").await)["user"], "alice");
+    a2.join("room").await;
+    b.expect_silence(300).await;
+    // DM from bob (node1) reaches both of alice's tabs (node0 and node1).
+    let ack = js(&b
+        .request(json!({"type":"dm","to":"alice","text":"hi both tabs"}))
+        .await);
+    for x in [&mut a1, &mut a2] {
+        let d = js(&x.recv_type("direct").await);
+        assert_eq!(
+            (d["from"].as_str(), d["text"].as_str()),
+            (Some("bob"), Some("hi both tabs"))
+        );
+        assert_eq!(d["id"], ack["id"]);
+    }
+    // DM from alice's tab on node0 reaches bob and alice's other tab on node1.
+    a1.request(json!({"type":"dm","to":"bob","text":"hey"}))
+        .await;
+    assert_eq!(js(&b.recv_type("direct").await)["text"], "hey");
+    assert_eq!(js(&a2.recv_type("direct").await)["to"], "bob");
+    a1.expect_silence(200).await;
+    // user_left only when alice's last tab (on either node) goes.
+    a1.close().await;
+    b.expect_silence(400).await;
+    a2.close().await;
+    let ul = js(&b.recv_type("user_left").await);
+    assert_eq!(
+        (ul["user"].as_str(), ul["reason"].as_str()),
+        (Some("alice"), Some("disconnect"))
+    );
+    let e = js(&b
+        .request(json!({"type":"dm","to":"alice","text":"gone?"}))
+        .await);
+    assert_eq!(e["code"], "user_offline");
+    // The name is free again, on any node.
+    eventually("alice free", Duration::from_secs(3), || async {
+        Connect::new(format!("{}?user=alice", c.nodes[0].url()))
+            .open()
+            .await
+            .is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recovery_on_another_node() {
+    let c = cluster(2, RedisServer::new(), &[]);
+    let mut a = guest(&c.nodes[0], "alice").await;
+    let mut b = guest(&c.nodes[0], "bob").await;
+    let epoch = js(&b.join("rec").await)["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    a.join("rec").await;
+    a.say("rec", "m1").await;
+    b.recv_type("message").await;
+    b.close().await;
+    a.say("rec", "m2").await;
+    a.say("rec", "m3").await;
+    // bob comes back through another node.
+    let mut b = guest(&c.nodes[1], "bob").await;
+    let j = js(&b
+        .request(json!({"type":"join","room":"rec","since":1,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], true);
+    let texts: Vec<_> = j["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["m2", "m3"]);
+    b.close().await;
+    for i in 0..60 {
+        a.say("rec", &format!("x{i}")).await;
+    }
+    let mut b = guest(&c.nodes[1], "bob").await;
+    let j = js(&b
+        .request(json!({"type":"join","room":"rec","since":3,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], false, "more than 50 behind");
+    assert_eq!(j["history"].as_array().unwrap().len(), 50);
+    assert_eq!(j["history"][49]["id"], 63);
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_no_ghosts() {
+    let mut c = cluster(3, RedisServer::new(), &[]);
+    let mut watchers = [
+        guest(&c.nodes[0], "w0").await,
+        guest(&c.nodes[1], "w1").await,
+    ];
+    for w in watchers.iter_mut() {
+        w.join("g").await;
+    }
+    watchers[0].recv_type("user_joined").await;
+    let mut victims = Vec::new();
+    for name in ["v1", "v2", "v3"] {
+        let mut v = guest(&c.nodes[2], name).await;
+        v.join("g").await;
+        victims.push(v);
+    }
+    for w in watchers.iter_mut() {
+        for _ in 0..3 {
+            w.recv_type("user_joined").await;
+        }
+    }
+    let killed_at = std::time::Instant::now();
+    c.nodes[2].kill9();
+    for w in watchers.iter_mut() {
+        let mut left = BTreeSet::new();
+        while left.len() < 3 {
+            match w.recv_type("user_left").await {
+                ServerFrame::UserLeft { user, reason, .. } => {
+                    assert_eq!(reason.as_str(), "timeout");
+                    assert!(left.insert(user.clone()), "{user} left twice");
+                }
+                _ => unreachable!(),
+            }
+        }
+        assert_eq!(
+            left,
+            BTreeSet::from(["v1".to_owned(), "v2".into(), "v3".into()])
+        );
+    }
+    // presence TTL 600 ms + one heartbeat 200 ms (+ scheduling slack)
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed_at.elapsed()
+    );
+    for w in watchers.iter_mut() {
+        w.expect_silence(600).await;
+    }
+    let p = js(&watchers[0].request(json!({"type":"who","room":"g"})).await);
+    assert_eq!(p["users"], json!(["w0", "w1"]));
+    // Their names are free again.
+    let v = Connect::new(format!("{}?user=v1", c.nodes[0].url()))
+        .open()
+        .await
+        .expect("v1 is free");
+    v.close().await;
+    drop(victims);
+}
+
+#[tokio::test]
+async fn redis_outage_and_recovery() {
+    let mut c = cluster(2, RedisServer::persistent(), &[]);
+    let mut a = guest(&c.nodes[0], "alice").await;
+    let mut b = guest(&c.nodes[1], "bob").await;
+    let epoch = js(&a.join("o").await)["epoch"].clone();
+    b.join("o").await;
+    a.recv_type("user_joined").await;
+    let mut acked = vec![a.say("o", "before").await];
+    b.recv_type("message").await;
+
+    c.redis.stop();
+    eventually(
+        "readyz 503 on both nodes",
+        Duration::from_secs(5),
+        || async {
+            get(c.nodes[0].addr, "/readyz").await.0 == 503
+                && get(c.nodes[1].addr, "/readyz").await.0 == 503
+        },
+    )
+    .await;
+    let e = js(&a
+        .request(json!({"type":"send","room":"o","text":"during"}))
+        .await);
+    assert_eq!(e["code"], "unavailable");
+    let e = js(&b.request(json!({"type":"who","room":"o"})).await);
+    assert_eq!(e["code"], "unavailable");
+    // Sockets stay open; local things still work.
+    assert_eq!(frame_type(&a.request(json!({"type":"ping"})).await), "pong");
+    assert_eq!(get(c.nodes[0].addr, "/healthz").await.0, 200);
+
+    c.redis.start();
+    eventually("ready again", Duration::from_secs(10), || async {
+        get(c.nodes[0].addr, "/readyz").await.0 == 200
+            && get(c.nodes[1].addr, "/readyz").await.0 == 200
+    })
+    .await;
+    // Cross-node delivery works again without a restart.
+    let mut delivered = false;
+    for _ in 0..50 {
+        if let ServerFrame::Ack { id, .. } = a
+            .request(json!({"type":"send","room":"o","text":"after"}))
+            .await
+        {
+            acked.push(id);
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered);
+    let m = js(&b.recv_type("message").await);
+    assert_eq!(m["text"], "after");
+    acked.push(b.say("o", "reply").await);
+    assert_eq!(js(&a.recv_type("message").await)["text"], "reply");
+    // Every acked message is in the history, and the epoch held.
+    let h = js(&b.request(json!({"type":"history","room":"o"})).await);
+    let ids: Vec<u64> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, acked);
+    let mut late = guest(&c.nodes[1], "late").await;
+    assert_eq!(js(&late.join("o").await)["epoch"], epoch);
+}
+
+#[tokio::test]
+async fn redis_restarted_empty_means_a_new_epoch() {
+    let mut c = cluster(1, RedisServer::new(), &[]);
+    let mut a = guest(&c.nodes[0], "alice").await;
+    let epoch = js(&a.join("e").await)["epoch"].as_str().unwrap().to_owned();
+    a.say("e", "lost soon").await;
+    c.redis.stop();
+    c.redis.start();
+    eventually("ready again", Duration::from_secs(10), || async {
+        get(c.nodes[0].addr, "/readyz").await.0 == 200
+    })
+    .await;
+    // The first command may still meet the connection that died with the
+    // old Redis and answer `unavailable`; clients retry.
+    let mut b = None;
+    for _ in 0..50 {
+        if let Ok(client) = Connect::new(format!("{}?user=bob", c.nodes[0].url()))
+            .open()
+            .await
+        {
+            b = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut b = b.expect("bob connects after the restart");
+    let j = js(&b
+        .request(json!({"type":"join","room":"e","since":1,"epoch":epoch}))
+        .await);
+    assert_eq!(j["recovered"], false);
+    assert_ne!(j["epoch"].as_str().unwrap(), epoch);
+}
+
+#[tokio::test]
+async fn concurrent_senders_on_three_nodes_see_one_order() {
+    let c = cluster(3, RedisServer::new(), &[]);
+    let per_sender = 40u64;
+    let mut receivers = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        let mut r = guest(n, &format!("r{i}")).await;
+        r.join("ord").await;
+        receivers.push(r);
+    }
+    let mut senders = Vec::new();
+    for i in 0..15 {
+        let mut s = guest(&c.nodes[i % 3], &format!("s{i}")).await;
+        s.join("ord").await;
+        senders.push(s);
+    }
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                for k in 0..per_sender {
+                    s.say("ord", &format!("{k}")).await;
+                }
+                s
+            })
+        })
+        .collect();
+    let total = per_sender * 15;
+    let mut sequences = Vec::new();
+    for mut r in receivers {
+        let mut ids = Vec::new();
+        while (ids.len() as u64) < total {
+            if let ServerFrame::Message(m) = r.recv().await {
+                ids.push(m.id);
+            }
+        }
+        sequences.push(ids);
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected: Vec<u64> = (1..=total).collect();
+    for s in &sequences {
+        assert_eq!(s, &expected, "gap-free, in order, identical on every node");
+    }
+}
+
+#[tokio::test]
+async fn three_nodes_behind_nginx() {
+    let c = cluster(3, RedisServer::new(), &[]);
+    let addrs: Vec<_> = c.nodes.iter().map(|n| n.addr).collect();
+    let lb = Nginx::start(&addrs);
+    let mut clients = Vec::new();
+    let mut nodes_seen = BTreeSet::new();
+    for i in 0..9 {
+        let mut cl = Connect::new(format!("{}?user=u{i}", lb.url()))
+            .open()
+            .await
+            .expect("through nginx");
+        nodes_seen.insert(cl.session.split('/').next().unwrap().to_owned());
+        cl.join("lb").await;
+        clients.push(cl);
+    }
+    assert_eq!(
+        nodes_seen.len(),
+        3,
+        "least_conn spreads clients over every node: {nodes_seen:?}"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        for _ in (i + 1)..9 {
+            client.recv_type("user_joined").await;
+        }
+    }
+    let id = clients[0].say("lb", "through the balancer").await;
+    for cl in clients.iter_mut().skip(1) {
+        let m = js(&cl.recv_type("message").await);
+        assert_eq!(
+            (m["id"].as_u64(), m["text"].as_str()),
+            (Some(id), Some("through the balancer"))
+        );
+    }
+    let (s, _) = get(lb.addr, "/readyz").await;
+    assert_eq!(s, 200);
+    let (s, body) = get(lb.addr, "/").await;
+    assert_eq!(s, 200);
+    assert!(body.to_lowercase().contains("<html"));
+}
