@@ -39,12 +39,27 @@ fn any_json() -> impl Strategy<Value = Value> {
 /// mix of the protocol's fields.
 fn command_like() -> impl Strategy<Value = Value> {
     let kind = prop_oneof![
-        Just("join"), Just("leave"), Just("send"), Just("dm"), Just("typing"),
-        Just("who"), Just("history"), Just("ping"), Just("nope"),
+        Just("join"),
+        Just("leave"),
+        Just("send"),
+        Just("dm"),
+        Just("typing"),
+        Just("who"),
+        Just("history"),
+        Just("ping"),
+        Just("nope"),
     ];
     let field = prop_oneof![
-        Just("room"), Just("text"), Just("to"), Just("since"), Just("epoch"),
-        Just("before"), Just("limit"), Just("active"), Just("client_id"), Just("ref"),
+        Just("room"),
+        Just("text"),
+        Just("to"),
+        Just("since"),
+        Just("epoch"),
+        Just("before"),
+        Just("limit"),
+        Just("active"),
+        Just("client_id"),
+        Just("ref"),
     ];
     let value = prop_oneof![
         "[A-Za-z0-9][A-Za-z0-9_.-]{0,40}".prop_map(Value::String),
@@ -64,10 +79,16 @@ fn command_like() -> impl Strategy<Value = Value> {
 }
 
 fn check(bytes: &[u8], encoding: Encoding) {
-    let limits = Limits { max_text_chars: 100 };
+    let limits = Limits {
+        max_text_chars: 100,
+    };
     match decode_command(bytes, encoding, &limits) {
         Ok((command, _)) => match command {
-            Command::Send { room, text, client_id } => {
+            Command::Send {
+                room,
+                text,
+                client_id,
+            } => {
                 assert!(is_valid_name(&room));
                 assert!(!text.is_empty() && text.chars().count() <= 100);
                 assert_eq!(text, text.trim());
