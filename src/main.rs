@@ -22,17 +22,26 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Serve(config) => {
-            relay::telemetry::init(config.log_format, &config.log_level);
+        Cmd::Serve(mut config) => {
+            // Fixed once: logs, traces (`service.instance.id`) and the node
+            // itself must agree on the generated id.
+            let node_id = config.resolved_node_id();
+            config.node_id = Some(node_id.clone());
+            let telemetry =
+                relay::telemetry::init_node(config.log_format, &config.log_level, &node_id);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async move {
+            let result = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.listen).await?;
                 // One machine-readable line on stdout: scripts and tests read
                 // the bound address from it (useful with `--listen 127.0.0.1:0`).
                 println!("relay listening on http://{}", listener.local_addr()?);
                 relay::server::run(*config, listener, shutdown_signal()).await?;
                 anyhow::Ok(())
-            })
+            });
+            drop(runtime);
+            // Export the spans still buffered (no-op without OpenTelemetry).
+            telemetry.shutdown();
+            result
         }
         Cmd::Chat(args) => {
             // stdout is the chat transcript: logs go to stderr, warnings only.

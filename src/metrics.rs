@@ -91,6 +91,12 @@ pub struct Metrics {
     pub users: Gauge,
     /// Events received from the backplane.
     pub backplane_events: Counter,
+    /// Frames lost because an outbound queue overflowed (slow consumers).
+    pub queue_dropped_frames: Counter,
+    /// Local (room, user) presence entries held by this node.
+    pub presence_entries: Gauge,
+    /// Live nodes of the cluster, as last seen by this node.
+    pub cluster_nodes: Gauge,
 }
 
 impl Metrics {
@@ -116,6 +122,9 @@ impl Metrics {
             rooms: Gauge::default(),
             users: Gauge::default(),
             backplane_events: Counter::default(),
+            queue_dropped_frames: Counter::default(),
+            presence_entries: Gauge::default(),
+            cluster_nodes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -193,6 +202,21 @@ impl Metrics {
             "backplane_events",
             "Events received from the backplane",
             m.backplane_events.clone(),
+        );
+        registry.register(
+            "queue_dropped_frames",
+            "Outbound frames lost because a connection's queue overflowed (slow consumers)",
+            m.queue_dropped_frames.clone(),
+        );
+        registry.register(
+            "presence_entries",
+            "Local (room, user) presence entries held by this node",
+            m.presence_entries.clone(),
+        );
+        registry.register(
+            "cluster_nodes",
+            "Live nodes of the cluster, as last seen by this node",
+            m.cluster_nodes.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

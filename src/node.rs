@@ -340,7 +340,10 @@ impl Node {
             id,
             user: user.to_owned(),
             encoding,
-            queue: Arc::new(OutQueue::new(queue_capacity)),
+            queue: Arc::new(OutQueue::with_drop_counter(
+                queue_capacity,
+                self.metrics.queue_dropped_frames.clone(),
+            )),
         });
         if let Some(entry) = self.users.get(user) {
             if let Ok(mut sessions) = entry.sessions.lock() {
@@ -480,7 +483,12 @@ impl Node {
                 .map_err(|_| BackplaneError::Internal("poisoned".into()))?;
             let count = inner.user_counts.entry(session.user.clone()).or_default();
             *count += 1;
-            *count == 1
+            let first = *count == 1;
+            if first {
+                // A (room, user) entry this node now holds (see `leave`).
+                self.metrics.presence_entries.inc();
+            }
+            first
         };
         let snapshot = match self
             .backplane
@@ -496,7 +504,9 @@ impl Node {
             Err(e) => {
                 if !already_member {
                     if let Ok(mut inner) = room.inner.lock() {
-                        decrement(&mut inner.user_counts, &session.user);
+                        if decrement(&mut inner.user_counts, &session.user) {
+                            self.metrics.presence_entries.dec();
+                        }
                     }
                 }
                 return Err(e);
@@ -553,6 +563,9 @@ impl Node {
             }
             decrement(&mut inner.user_counts, &session.user)
         };
+        if last_of_user {
+            self.metrics.presence_entries.dec();
+        }
         let result = if last_of_user {
             self.backplane.leave(room_name, &session.user, reason).await
         } else {
@@ -565,10 +578,26 @@ impl Node {
     /// Delivers one backplane event to local sessions.
     fn dispatch(&self, event: Event) {
         match event {
-            Event::Message { message, origin } => {
+            Event::Message {
+                message,
+                origin,
+                traceparent,
+            } => {
                 let Some(room) = self.rooms.get(&message.room).map(|r| r.clone()) else {
                     return;
                 };
+                // The fan-out, in the publisher's trace when it sent one.
+                let span = tracing::debug_span!(
+                    "deliver",
+                    room = %message.room,
+                    id = message.id,
+                    recipients = tracing::field::Empty,
+                    otel.kind = "consumer"
+                );
+                if let Some(tp) = &traceparent {
+                    crate::telemetry::set_remote_parent(&span, tp);
+                }
+                let _entered = span.enter();
                 let latency = now_ms().saturating_sub(message.ts);
                 self.metrics
                     .delivery_latency
@@ -592,6 +621,7 @@ impl Node {
                 }
                 inner.ring.push_back((id, frame));
                 drop(inner);
+                span.record("recipients", sent);
                 self.metrics.messages_delivered.inc_by(sent);
                 self.metrics.fanout_size.observe(sent as f64);
             }

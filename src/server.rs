@@ -155,6 +155,34 @@ pub async fn run(
             }
         });
     }
+    {
+        // `relay_cluster_nodes`: the live nodes as this node sees them,
+        // refreshed every heartbeat (kept as is while the backplane fails).
+        if let Ok(nodes) = node.backplane().nodes().await {
+            metrics.cluster_nodes.set(nodes.len() as i64);
+        }
+        let node = node.clone();
+        let metrics = metrics.clone();
+        let stop = stop_tasks.clone();
+        let period = config.heartbeat();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                // Not while draining: the backplane is being shut down.
+                if node.is_draining() {
+                    continue;
+                }
+                if let Ok(nodes) = node.backplane().nodes().await {
+                    metrics.cluster_nodes.set(nodes.len() as i64);
+                }
+            }
+        });
+    }
     let handshake_timeout = config.handshake_timeout();
     let state = AppState {
         node: node.clone(),

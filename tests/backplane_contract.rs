@@ -184,6 +184,7 @@ fn request(room: &str, from: &str, text: &str, client_id: Option<&str>) -> Publi
         text: text.into(),
         client_id: client_id.map(Into::into),
         origin: None,
+        traceparent: None,
     }
 }
 

@@ -212,6 +212,7 @@ impl Backplane for MemoryBackplane {
             &Event::Message {
                 message,
                 origin: req.origin,
+                traceparent: req.traceparent,
             },
         );
         Ok(Published {

@@ -59,6 +59,9 @@ pub enum Event {
         message: ChatMessage,
         /// The sending connection (skipped on fan-out).
         origin: Option<Origin>,
+        /// W3C `traceparent` of the publishing span, when the publisher
+        /// traces with OpenTelemetry: the parent of the `deliver` spans.
+        traceparent: Option<String>,
     },
     /// A user's first connection (cluster-wide) joined a room.
     UserJoined {
@@ -132,6 +135,9 @@ pub struct PublishRequest {
     pub client_id: Option<String>,
     /// The sending connection, if any (none for the HTTP publish API).
     pub origin: Option<Origin>,
+    /// W3C `traceparent` of the publishing span (OpenTelemetry on), carried
+    /// to every receiving node with the event; never stored in history.
+    pub traceparent: Option<String>,
 }
 
 /// Outcome of a publish: the stored message's id and time.

@@ -273,17 +273,28 @@ async fn publish(
             )
         }
     };
-    match app
-        .node
-        .backplane()
-        .publish(PublishRequest {
+    // A root span per API publish: its trace continues on every node that
+    // delivers the message (see `telemetry`).
+    let span = tracing::debug_span!(
+        parent: None,
+        "publish",
+        room = %req.room,
+        source = "api",
+        otel.kind = "producer"
+    );
+    let traceparent = crate::telemetry::traceparent(&span);
+    match tracing::Instrument::instrument(
+        app.node.backplane().publish(PublishRequest {
             room: req.room,
             from,
             text,
             client_id: None,
             origin: None,
-        })
-        .await
+            traceparent,
+        }),
+        span,
+    )
+    .await
     {
         Ok(p) => {
             app.node.metrics.messages_published.inc();

@@ -11,6 +11,8 @@ use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::limits::client_ip;
 use super::{refuse, AppState};
@@ -65,7 +67,9 @@ fn presented_token(headers: &HeaderMap, query: &HashMap<String, String>) -> Opti
         .map(|(_, v)| v.to_owned())
 }
 
-/// The handshake handler.
+/// The handshake handler: runs the checks inside a `handshake` span
+/// (`remote`, `ip`, `node`, `user`, `encoding`, `outcome`: `accepted` or the
+/// refusal reason).
 pub(super) async fn upgrade(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -73,10 +77,33 @@ pub(super) async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let span = tracing::info_span!(
+        "handshake",
+        remote = %peer,
+        ip = Empty,
+        node = app.node.id(),
+        user = Empty,
+        encoding = Empty,
+        outcome = Empty
+    );
+    check_and_upgrade(app, peer, headers, query, ws, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn check_and_upgrade(
+    app: AppState,
+    peer: SocketAddr,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    span: tracing::Span,
+) -> Response {
     let metrics = app.node.metrics.clone();
     let refused = |reason: &'static str, status: StatusCode, code: &str, message: &str| {
         metrics.refused(reason);
-        tracing::debug!(%peer, reason, "handshake refused");
+        span.record("outcome", reason);
+        tracing::debug!(reason, status = status.as_u16(), "handshake refused");
         refuse(status, code, message)
     };
     if app.node.is_draining() {
@@ -116,6 +143,7 @@ pub(super) async fn upgrade(
         );
     }
     let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
+    span.record("ip", tracing::field::display(ip));
     let Some(ip_slot) = app.per_ip.acquire(ip, app.config.max_conns_per_ip) else {
         return refused(
             "ip_limit",
@@ -135,6 +163,9 @@ pub(super) async fn upgrade(
             )
         }
     };
+    if let Some(e) = encoding {
+        span.record("encoding", e.as_str());
+    }
     let (user, expires) = match &app.tokens {
         None => {
             let Some(user) = query.get("user").filter(|u| is_valid_name(u)).cloned() else {
@@ -181,6 +212,7 @@ pub(super) async fn upgrade(
             (claims.sub, Some(expires))
         }
     };
+    span.record("user", user.as_str());
     let resume = query.get("resume").map(String::as_str);
     let lease = match app
         .node
@@ -222,14 +254,23 @@ pub(super) async fn upgrade(
     let max = app.config.max_frame_bytes as usize;
     let node = app.node.clone();
     let session = app.session.clone();
-    tracing::debug!(%peer, %ip, user, encoding = encoding.as_str(), "handshake accepted");
+    span.record("encoding", encoding.as_str());
+    span.record("outcome", "accepted");
+    tracing::debug!("handshake accepted");
+    // The connection's own span: a root (a connection is not part of the
+    // handshake's trace), linked to the handshake.
+    let session_span = crate::session::session_span(&user, node.id(), peer, ip, encoding);
+    session_span.follows_from(&span);
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4096)
         .write_buffer_size(32 * 1024)
-        .on_upgrade(move |socket| async move {
-            let _ip_slot = ip_slot;
-            crate::session::run(socket, node, lease, user, encoding, session, expires).await
+        .on_upgrade(move |socket| {
+            async move {
+                let _ip_slot = ip_slot;
+                crate::session::run(socket, node, lease, user, encoding, session, expires).await
+            }
+            .instrument(session_span)
         })
         .into_response()
 }

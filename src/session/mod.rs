@@ -18,6 +18,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::backplane::{BackplaneError, DirectOutcome, PublishRequest};
 use crate::node::{Node, SessionHandle, UserLease};
@@ -45,7 +47,9 @@ pub struct SessionConfig {
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs a connection to its end. `expires`: when the session's token
-/// expires (closes with 4001).
+/// expires (closes with 4001). Run it inside the connection's `session` span
+/// (see [`session_span`]): the session records its number there and logs
+/// its end in it.
 pub async fn run(
     socket: WebSocket,
     node: Arc<Node>,
@@ -56,6 +60,7 @@ pub async fn run(
     expires: Option<Instant>,
 ) {
     let handle = node.open_session(&user, encoding, config.max_queue);
+    tracing::Span::current().record("session", handle.id);
     let metrics = node.metrics.clone();
     let enc_label = crate::metrics::EncodingLabel {
         encoding: encoding.as_str(),
@@ -133,13 +138,60 @@ pub async fn run(
             reason: reason.as_str(),
         })
         .inc();
-    tracing::debug!(
+    log_disconnect(reason, started.elapsed());
+}
+
+/// The span of one WebSocket connection, from upgrade to close (a root
+/// span). Its fields (`user`, `node`, `session` once registered, `remote`:
+/// the peer socket address, `ip`: the client address after trusted proxies,
+/// `encoding`) prefix every log line of the connection, among them the
+/// disconnect line.
+pub fn session_span(
+    user: &str,
+    node: &str,
+    remote: std::net::SocketAddr,
+    ip: std::net::IpAddr,
+    encoding: Encoding,
+) -> tracing::Span {
+    tracing::info_span!(
+        parent: None,
+        "session",
         user,
-        session = handle.id,
-        reason = reason.as_str(),
-        code = reason.close_code(),
-        "session closed"
-    );
+        node,
+        session = Empty,
+        %remote,
+        %ip,
+        encoding = encoding.as_str()
+    )
+}
+
+/// Whether a disconnect is routine (the client left, or the node drains):
+/// logged at debug; every other reason is logged at info.
+fn is_routine(reason: DisconnectReason) -> bool {
+    matches!(
+        reason,
+        DisconnectReason::ClientClosed | DisconnectReason::Draining
+    )
+}
+
+/// Logs the end of a session with its reason and close code.
+fn log_disconnect(reason: DisconnectReason, lasted: Duration) {
+    let lasted_ms = lasted.as_millis() as u64;
+    if is_routine(reason) {
+        tracing::debug!(
+            reason = reason.as_str(),
+            code = reason.close_code(),
+            lasted_ms,
+            "session closed"
+        );
+    } else {
+        tracing::info!(
+            reason = reason.as_str(),
+            code = reason.close_code(),
+            lasted_ms,
+            "session closed"
+        );
+    }
 }
 
 /// Writes queued frames, pings, and the close frame. Returns why it stopped.
@@ -305,11 +357,36 @@ impl Reader {
             }
         };
         let kind = command.kind();
-        let span = tracing::debug_span!("command", r#type = kind, user = %self.handle.user);
-        let _enter = span.enter();
-        match self.execute(command, reference.clone()).await {
-            Ok(()) => self.node.metrics.command(kind, "ok"),
-            Err((code, message)) => self.fail(kind, code, message, reference),
+        // A root span: one trace per command, not one per connection.
+        let span = tracing::debug_span!(
+            parent: None,
+            "command",
+            r#type = kind,
+            room = Empty,
+            user = %self.handle.user,
+            session = self.handle.id,
+            result = Empty,
+            otel.status_code = Empty
+        );
+        if let Some(room) = command_room(&command) {
+            span.record("room", room);
+        }
+        let outcome = self
+            .execute(command, reference.clone())
+            .instrument(span.clone())
+            .await;
+        match outcome {
+            Ok(()) => {
+                span.record("result", "ok");
+                self.node.metrics.command(kind, "ok");
+            }
+            Err((code, message)) => {
+                span.record("result", code.as_str());
+                if matches!(code, ErrorCode::Internal | ErrorCode::Unavailable) {
+                    span.record("otel.status_code", "ERROR");
+                }
+                self.fail(kind, code, message, reference);
+            }
         }
         None
     }
@@ -351,6 +428,15 @@ impl Reader {
                 client_id,
             } => {
                 self.member(&room)?;
+                // The store-and-publish call; its trace context travels with
+                // the message to every delivering node.
+                let span = tracing::debug_span!(
+                    "publish",
+                    room = %room,
+                    id = Empty,
+                    otel.kind = "producer"
+                );
+                let traceparent = crate::telemetry::traceparent(&span);
                 let published = backplane
                     .publish(PublishRequest {
                         room: room.clone(),
@@ -358,9 +444,12 @@ impl Reader {
                         text,
                         client_id,
                         origin: Some(node.origin(self.handle.id)),
+                        traceparent,
                     })
+                    .instrument(span.clone())
                     .await
                     .map_err(backplane_error)?;
+                span.record("id", published.id);
                 if !published.duplicate {
                     node.metrics.messages_published.inc();
                 }
@@ -437,6 +526,19 @@ impl Reader {
         } else {
             Err((ErrorCode::NotMember, format!("join `{room}` first")))
         }
+    }
+}
+
+/// The room a command is about, for its span.
+fn command_room(command: &Command) -> Option<&str> {
+    match command {
+        Command::Join { room, .. }
+        | Command::Leave { room }
+        | Command::Send { room, .. }
+        | Command::Typing { room, .. }
+        | Command::Who { room }
+        | Command::History { room, .. } => Some(room),
+        Command::Dm { .. } | Command::Ping => None,
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use axum::extract::ws::Message;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 use super::reason::DisconnectReason;
@@ -26,6 +27,8 @@ pub struct OutQueue {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    /// Counts frames lost to an overflow (`relay_queue_dropped_frames_total`).
+    dropped: Option<Counter>,
 }
 
 /// What the writer takes from the queue.
@@ -44,6 +47,23 @@ impl OutQueue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            dropped: None,
+        }
+    }
+
+    /// A queue that counts in `dropped` every frame an overflow loses: the
+    /// backlog discarded when it overflows, the frame that overflowed it, and
+    /// frames offered afterwards until the connection is gone.
+    pub fn with_drop_counter(capacity: usize, dropped: Counter) -> Self {
+        OutQueue {
+            dropped: Some(dropped),
+            ..Self::new(capacity)
+        }
+    }
+
+    fn count_dropped(&self, n: usize) {
+        if let Some(c) = &self.dropped {
+            c.inc_by(n as u64);
         }
     }
 
@@ -53,13 +73,19 @@ impl OutQueue {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        if state.close.is_some() {
+        if let Some(reason) = state.close {
+            drop(state);
+            if reason == DisconnectReason::SlowConsumer {
+                self.count_dropped(1);
+            }
             return false;
         }
         if state.items.len() >= self.capacity {
             state.close = Some(DisconnectReason::SlowConsumer);
+            let lost = state.items.len() + 1;
             state.items.clear();
             drop(state);
+            self.count_dropped(lost);
             self.notify.notify_one();
             return false;
         }
@@ -134,6 +160,23 @@ mod tests {
         q.take(&mut b);
         assert!(b.frames.is_empty(), "a slow consumer's backlog is dropped");
         assert_eq!(b.close, Some(DisconnectReason::SlowConsumer));
+    }
+
+    #[test]
+    fn overflow_losses_are_counted() {
+        let dropped = Counter::default();
+        let q = OutQueue::with_drop_counter(2, dropped.clone());
+        assert!(q.push(Message::Text("a".into())));
+        assert!(q.push(Message::Text("b".into())));
+        assert_eq!(dropped.get(), 0);
+        assert!(!q.push(Message::Text("c".into())));
+        assert_eq!(dropped.get(), 3, "the backlog and the overflowing frame");
+        assert!(!q.push(Message::Text("d".into())));
+        assert_eq!(dropped.get(), 4, "frames offered after the overflow");
+        let other = OutQueue::with_drop_counter(2, dropped.clone());
+        other.close(DisconnectReason::Draining);
+        assert!(!other.push(Message::Text("e".into())));
+        assert_eq!(dropped.get(), 4, "a closing queue is no overflow");
     }
 
     #[test]

@@ -41,6 +41,17 @@ impl Node {
 
     /// Starts `relay serve --listen LISTEN` with extra flags.
     pub fn start_on(listen: &str, args: &[&str]) -> Node {
+        Self::start_on_with_env(listen, args, &[])
+    }
+
+    /// Starts `relay serve` on a free loopback port with extra flags and
+    /// extra environment variables (which may override `RUST_LOG`).
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Node {
+        Self::start_on_with_env("127.0.0.1:0", args, envs)
+    }
+
+    /// Starts `relay serve --listen LISTEN` with extra flags and environment.
+    pub fn start_on_with_env(listen: &str, args: &[&str], envs: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("relay.log");
         let log_file = std::fs::File::create(&log).expect("log file");
@@ -49,6 +60,7 @@ impl Node {
             .args(["--listen", listen])
             .args(args)
             .env("RUST_LOG", "relay=debug,info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
             .spawn()

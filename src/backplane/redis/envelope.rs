@@ -7,7 +7,7 @@
 //!
 //! | `t` | fields |
 //! |---|---|
-//! | `msg` | `room`, `id`, `from`, `text`, `ts`, optional `node`+`session` (origin) |
+//! | `msg` | `room`, `id`, `from`, `text`, `ts`, optional `node`+`session` (origin), optional `tp` (W3C traceparent) |
 //! | `joined` | `room`, `user`, `ts`, optional origin |
 //! | `left` | `room`, `user`, `ts`, `reason` (`leave`, `disconnect`, `timeout`) |
 //! | `typing` | `room`, `user`, `active`, origin |
@@ -45,6 +45,9 @@ pub(super) struct Envelope {
     pub(super) node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) session: Option<u64>,
+    /// W3C `traceparent` of the publisher (messages only, when it traces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tp: Option<String>,
 }
 
 /// A history entry as stored in `P:{room}:history`.
@@ -114,6 +117,7 @@ pub(super) fn decode_event(bytes: &[u8]) -> Option<Event> {
                 ts: e.ts?,
             },
             origin,
+            traceparent: e.tp,
         },
         "joined" => Event::UserJoined {
             room: e.room?,
@@ -167,6 +171,35 @@ mod tests {
                 origin: Some(origin),
             })
         );
+    }
+
+    #[test]
+    fn message_carries_its_traceparent() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut env = Envelope {
+            t: "msg".into(),
+            room: Some("lobby".into()),
+            id: Some(3),
+            from: Some("alice".into()),
+            text: Some("hi".into()),
+            ts: Some(1),
+            tp: Some(tp.into()),
+            ..Default::default()
+        };
+        let bytes = rmp_serde::to_vec_named(&env).unwrap();
+        assert!(matches!(
+            decode_event(&bytes),
+            Some(Event::Message { traceparent: Some(t), origin: None, .. }) if t == tp
+        ));
+        env.tp = None;
+        let bytes = rmp_serde::to_vec_named(&env).unwrap();
+        assert!(matches!(
+            decode_event(&bytes),
+            Some(Event::Message {
+                traceparent: None,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -391,28 +391,49 @@ impl Shared {
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
-        let result = if self.cancel.is_cancelled() {
-            Err(BackplaneError::Unavailable("backplane is shut down".into()))
+        // A `redis` span only inside a traced operation (a command, a
+        // publish): background heartbeats and probes do not start traces.
+        let span = if tracing::Span::current().is_none() {
+            tracing::Span::none()
         } else {
-            match self.conn.get() {
-                None => Err(BackplaneError::Unavailable("redis is unreachable".into())),
-                Some((generation, con)) => {
-                    match tokio::time::timeout(self.opts.command_timeout, f(con)).await {
-                        Err(_) => Err(BackplaneError::Unavailable(format!(
-                            "{op}: no reply from redis within {:?}",
-                            self.opts.command_timeout
-                        ))),
-                        Ok(Err(e)) => {
-                            if conn::is_connection_error(&e) {
-                                self.conn.mark_down(generation);
+            tracing::debug_span!(
+                "redis",
+                op,
+                otel.kind = "client",
+                db.system = "redis",
+                error = tracing::field::Empty
+            )
+        };
+        let result = tracing::Instrument::instrument(
+            async {
+                if self.cancel.is_cancelled() {
+                    return Err(BackplaneError::Unavailable("backplane is shut down".into()));
+                }
+                match self.conn.get() {
+                    None => Err(BackplaneError::Unavailable("redis is unreachable".into())),
+                    Some((generation, con)) => {
+                        match tokio::time::timeout(self.opts.command_timeout, f(con)).await {
+                            Err(_) => Err(BackplaneError::Unavailable(format!(
+                                "{op}: no reply from redis within {:?}",
+                                self.opts.command_timeout
+                            ))),
+                            Ok(Err(e)) => {
+                                if conn::is_connection_error(&e) {
+                                    self.conn.mark_down(generation);
+                                }
+                                Err(conn::map_error(op, e))
                             }
-                            Err(conn::map_error(op, e))
+                            Ok(Ok(v)) => Ok(v),
                         }
-                        Ok(Ok(v)) => Ok(v),
                     }
                 }
-            }
-        };
+            },
+            span.clone(),
+        )
+        .await;
+        if let Err(e) = &result {
+            span.record("error", tracing::field::display(e));
+        }
         self.observe(op, started, result.is_ok());
         result
     }
@@ -983,7 +1004,8 @@ impl Backplane for RedisBackplane {
             .arg(HISTORY_LEN)
             .arg(CLIENT_ID_TTL.as_secs())
             .arg(req.origin.as_ref().map(|o| o.node.as_str()).unwrap_or(""))
-            .arg(req.origin.as_ref().map(|o| o.session).unwrap_or(0));
+            .arg(req.origin.as_ref().map(|o| o.session).unwrap_or(0))
+            .arg(req.traceparent.as_deref().unwrap_or(""));
         let (duplicate, id, ts): (i64, u64, u64) = s.eval("publish", inv).await?;
         Ok(Published {
             id,

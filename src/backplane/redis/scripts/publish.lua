@@ -3,6 +3,8 @@
 -- ARGV[1] room  ARGV[2] from  ARGV[3] text  ARGV[4] epoch candidate
 -- ARGV[5] room channel  ARGV[6] history length  ARGV[7] client-id TTL (s)
 -- ARGV[8] origin node ('' none)  ARGV[9] origin session
+-- ARGV[10] W3C traceparent of the publisher ('' or absent: none); carried in
+-- the published envelope as `tp`, never in the stored history entry
 -- Returns {duplicate (0/1), id, ts}. A known client id returns the original
 -- id and ts and stores/publishes nothing.
 local k_cid = KEYS[4]
@@ -25,5 +27,6 @@ end
 local env = { t = 'msg', room = ARGV[1], id = id, from = ARGV[2], text = ARGV[3], ts = ts }
 local o = origin(ARGV[8], ARGV[9])
 if o then env.node = o.node; env.session = o.session end
+if ARGV[10] and ARGV[10] ~= '' then env.tp = ARGV[10] end
 redis.call('PUBLISH', ARGV[5], cmsgpack.pack(env))
 return { 0, id, ts }
