@@ -448,3 +448,30 @@ async fn three_nodes_behind_nginx() {
     assert_eq!(s, 200);
     assert!(body.to_lowercase().contains("<html"));
 }
+
+#[tokio::test]
+async fn corrupted_store_answers_internal_and_the_connection_survives() {
+    let c = cluster(1, RedisServer::new(), &[]);
+    let mut a = guest(&c.nodes[0], "alice").await;
+    a.join("fine").await;
+    // Someone wrote a wrong type where the room's history list lives.
+    let status = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &c.redis.port().to_string(),
+            "SET",
+            "relay:{broken}:history",
+            "not a list",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(status.status.success());
+    let e = js(&a.request(json!({"type":"history","room":"broken"})).await);
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("internal"))
+    );
+    assert_eq!(e["ref"], 2);
+    // Nothing else is affected.
+    assert_eq!(a.say("fine", "still works").await, 1);
+}
