@@ -1,1 +1,67 @@
-fn main() {}
+//! `loadtest`: the load-test harness of relay.
+//!
+//! One command runs a scenario (`idle`, `fanout`, `rooms`, `dm`, `churn`,
+//! `reconnect-storm`, `mixed`) with up to hundreds of thousands of WebSocket
+//! clients against one or more relay nodes on loopback, or against a private
+//! cluster it starts itself (`--spawn-cluster N`). The clients are spread over
+//! worker processes (this same binary re-executed with the hidden `worker`
+//! subcommand) because one process may hold at most RLIMIT_NOFILE sockets; the
+//! parent merges the workers' JSON reports, accounts for every acked message
+//! (expected vs delivered, duplicates, order, loss), prints a table and writes
+//! `--json`. It exits with status 2 when it saw loss, duplicates, order
+//! violations, self-echo, unexpected server closes or connect failures.
+//!
+//! Every target must be on 127.0.0.0/8: the harness refuses anything else.
+
+mod args;
+mod client;
+mod cluster;
+mod common;
+mod parent;
+mod procstat;
+mod worker;
+
+use clap::{Parser, Subcommand};
+
+/// Load-test harness for relay (WebSocket pub/sub chat).
+#[derive(Parser)]
+#[command(
+    name = "loadtest",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    run: args::RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// Internal: one worker process (reads its spec on stdin, reports JSON on stdout).
+    #[command(hide = true)]
+    Worker,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Some(Sub::Worker) => match worker::main() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("loadtest worker: error: {e:#}");
+                1
+            }
+        },
+        None => match parent::main(cli.run) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("loadtest: error: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}

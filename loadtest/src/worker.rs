@@ -1,0 +1,222 @@
+//! A worker process: reads its spec (one JSON line) on stdin, runs its share
+//! of the clients, prints progress lines, a `ready` line once every client
+//! connected and joined, waits for the start line on stdin, and finally
+//! prints its report as one JSON line.
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::sync::watch;
+
+use crate::client::{run_client, Ctx, HistSet, Target};
+use crate::common::{
+    hist_to_b64, now_ns, Counters, Progress, StartCmd, WorkerMsg, WorkerReport, WorkerSpec,
+};
+use crate::procstat;
+
+fn emit(msg: &WorkerMsg) {
+    use std::io::Write as _;
+    let line = serde_json::to_string(msg).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    // The parent is gone when this fails: nothing left to report to.
+    if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+        std::process::exit(3);
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub(crate) fn raise_nofile() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
+}
+
+/// Resolves `ws://HOST:PORT/PATH` targets; only loopback addresses are allowed.
+pub(crate) fn resolve_targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
+    let mut out = Vec::new();
+    for url in urls {
+        let rest = url
+            .strip_prefix("ws://")
+            .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/ws"),
+        };
+        let path = path.split('?').next().unwrap_or("/ws");
+        let hostport = if hostport.starts_with("localhost:") {
+            hostport.replacen("localhost", "127.0.0.1", 1)
+        } else {
+            hostport.to_owned()
+        };
+        let addr: std::net::SocketAddr = hostport
+            .parse()
+            .with_context(|| format!("{url}: expected ws://127.x.y.z:PORT/ws"))?;
+        if !addr.ip().is_loopback() {
+            bail!("{url}: refusing a non-loopback target ({})", addr.ip());
+        }
+        out.push(Target {
+            addr,
+            url: format!("ws://{hostport}{path}"),
+        });
+    }
+    if out.is_empty() {
+        bail!("no --url");
+    }
+    Ok(out)
+}
+
+pub(crate) fn main() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the worker spec")?;
+    let spec: WorkerSpec = serde_json::from_str(&line).context("parsing the worker spec")?;
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(spec.threads.max(1))
+        .enable_all()
+        .build()?;
+    rt.block_on(run(spec))
+}
+
+async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+    let targets = resolve_targets(&spec.args.urls)?;
+    let (start_tx, start_rx) = watch::channel::<Option<u64>>(None);
+    let n = spec.hi - spec.lo;
+    let worker = spec.worker;
+    let lo = spec.lo;
+    let hi = spec.hi;
+    let ctx = Arc::new(Ctx::new(spec, targets, start_rx));
+
+    let mut handles = Vec::with_capacity(n as usize);
+    for (local, i) in (lo..hi).enumerate() {
+        handles.push(tokio::spawn(run_client(ctx.clone(), i, local as u64)));
+    }
+
+    let progress = move |ctx: &Ctx| {
+        let l = &ctx.live;
+        let p99_us = {
+            let mut h = crate::common::new_hist();
+            for s in &ctx.hists {
+                if let Ok(s) = s.lock() {
+                    let _ = h.add(&s.latency);
+                }
+            }
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(0.99)
+            }
+        };
+        Progress {
+            worker,
+            open: l.open.load(Ordering::Relaxed),
+            connected: l.connected.load(Ordering::Relaxed),
+            failed: l.failed.load(Ordering::Relaxed),
+            ready: l.ready.load(Ordering::Relaxed),
+            sent: l.sent.load(Ordering::Relaxed),
+            acked: l.acked.load(Ordering::Relaxed),
+            received: l.received.load(Ordering::Relaxed),
+            p99_us,
+        }
+    };
+
+    // Progress lines, and `ready` once every client connected and joined.
+    let pctx = ctx.clone();
+    let reporter = tokio::spawn(async move {
+        let mut announced = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut k = 0u64;
+        loop {
+            tick.tick().await;
+            k += 1;
+            let ready = pctx.live.ready.load(Ordering::Relaxed);
+            if !announced && ready >= n {
+                announced = true;
+                emit(&WorkerMsg::Ready(progress(&pctx)));
+            } else if k.is_multiple_of(5) {
+                emit(&WorkerMsg::Progress(progress(&pctx)));
+            }
+        }
+    });
+
+    // The start line; the parent closing stdin first means it is gone.
+    let cpu_at_start = Arc::new(std::sync::Mutex::new(None::<f64>));
+    let cpu_start = cpu_at_start.clone();
+    let stdin_task = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        match lines.next_line().await {
+            Ok(Some(l)) => match serde_json::from_str::<StartCmd>(&l) {
+                Ok(cmd) => {
+                    let wait = cmd.start_ns.saturating_sub(now_ns());
+                    tokio::time::sleep(Duration::from_nanos(wait)).await;
+                    if let Ok(mut c) = cpu_start.lock() {
+                        *c = Some(procstat::own().cpu_s);
+                    }
+                    let _ = start_tx.send(Some(cmd.start_ns));
+                    // Keep the sender alive until the clients are done.
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    eprintln!("loadtest worker {worker}: bad start line: {e}");
+                    std::process::exit(3);
+                }
+            },
+            _ => {
+                eprintln!("loadtest worker {worker}: parent went away before the start");
+                std::process::exit(3);
+            }
+        }
+    });
+
+    let mut counters = Counters::default();
+    let mut members = Vec::new();
+    let mut acks: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
+    for h in handles {
+        let out = h.await.context("client task panicked")?;
+        counters.add(&out.counters);
+        members.extend(out.members);
+        for (stream, id, ns, sid) in out.acks {
+            acks.entry(stream).or_default().push((id, ns, sid));
+        }
+    }
+    let own = procstat::own();
+    let cpu_s = cpu_at_start
+        .lock()
+        .ok()
+        .and_then(|c| *c)
+        .map(|c| own.cpu_s - c)
+        .unwrap_or(0.0);
+    reporter.abort();
+    stdin_task.abort();
+    let mut hs = HistSet::new();
+    for s in &ctx.hists {
+        if let Ok(s) = s.lock() {
+            hs.add(&s);
+        }
+    }
+    let first = ctx.connect_first_ns.load(Ordering::Relaxed);
+    let report = WorkerReport {
+        worker,
+        clients: n,
+        counters,
+        h_latency: hist_to_b64(&hs.latency),
+        h_connect: hist_to_b64(&hs.connect),
+        h_ack: hist_to_b64(&hs.ack),
+        h_recovery: hist_to_b64(&hs.recovery),
+        h_rejoin: hist_to_b64(&hs.rejoin),
+        h_lag: hist_to_b64(&hs.lag),
+        connect_first_ns: if first == u64::MAX { 0 } else { first },
+        connect_last_ns: ctx.connect_last_ns.load(Ordering::Relaxed),
+        acks,
+        members,
+        cpu_s,
+        rss_kb: own.rss_kb,
+    };
+    emit(&WorkerMsg::Report(Box::new(report)));
+    Ok(())
+}
