@@ -16,6 +16,7 @@
   const STABLE_CONNECTION_MS = 5000;    // a connection that lived this long resets the backoff
   const CONNECT_TIMEOUT_MS = 10000;     // no welcome within this: give up on the attempt
   const INITIAL_ATTEMPTS = 3;           // first sign-in: give up (back to the form) after this many
+  const REFUSED_ATTEMPTS = 5;           // token mode, reconnecting: handshakes refused in a row before asking to log in again
   const TYPING_THROTTLE_MS = 2500;      // at most one typing{active:true} per 2.5 s
   const TYPING_RESTART_MS = 600;        // ... and at least this long after the previous one
   const TYPING_IDLE_MS = 3000;          // typing{active:false} after 3 s without a keystroke
@@ -101,6 +102,7 @@
     welcomedAt: 0,
     attempt: 0,
     initialFailures: 0,
+    refusals: 0,              // token mode: handshakes in a row the (reachable) server refused
     retryTimer: null,
     retryAt: 0,
     connectTimer: null,
@@ -258,6 +260,7 @@
     S.everConnected = false;
     S.attempt = 0;
     S.initialFailures = 0;
+    S.refusals = 0;
     setLoginBusy(true);
     D.loginError.textContent = '';
     connect();
@@ -400,15 +403,28 @@
         endSession('This page is not allowed to connect to the chat server (forbidden origin).');
         return;
       }
+      // A plain GET does not get past the server's upgrade check (it answers
+      // 400 before looking at the name or token), so the real reason of a
+      // refusal (409 name_taken, 401 unauthorized) stays hidden from us: a
+      // 4xx other than 429 only says "reachable, and it refused".
+      const refused = diag.status >= 400 && diag.status < 500 && diag.status !== 429;
+      if (S.mode === 'token') {
+        // A token the server no longer accepts (forged, signed with a rotated
+        // secret, account removed) would otherwise be retried forever.
+        S.refusals = refused ? S.refusals + 1 : 0;
+        if (S.refusals >= (S.everConnected ? REFUSED_ATTEMPTS : INITIAL_ATTEMPTS)) {
+          endSession('The server did not accept your session. Please log in again.');
+          return;
+        }
+      }
       if (!S.everConnected && diag.status !== 429 && diag.status !== 503) {
         S.initialFailures++;
         if (S.initialFailures >= INITIAL_ATTEMPTS) {
-          // A plain GET may not get past the server's upgrade check, so the
-          // real reason (e.g. 409 name_taken) can stay hidden from us.
-          const who = S.mode === 'guest' ? ` as “${S.creds.user}”` : '';
           endSession(diag.status === 0
             ? 'Could not reach the chat server. Please try again.'
-            : `Could not connect${who}. The name may already be in use (in another tab or by someone else), or the server is busy. Please try again.`);
+            : S.mode === 'token'
+              ? 'Could not connect. The server may be busy. Please try again.'
+              : `Could not connect as “${S.creds.user}”. The name may already be in use (in another tab or by someone else), or the server is busy. Please try again.`);
           return;
         }
       }
@@ -502,6 +518,7 @@
       document.body.dataset.reconnects = String(S.reconnects);
       S.everConnected = true;
       S.initialFailures = 0;
+      S.refusals = 0;
       setPhase('open');
       if (first) {
         setBanner('hidden');

@@ -4,9 +4,11 @@
 #   bash tests/browser/run.sh [extra node --test args]
 #
 # Starts, on free 127.0.0.1 ports: a private redis-server, two relay nodes
-# (nodeA, nodeB) sharing it, and nginx in front of both; then runs the
-# node:test suite in tests/browser/*.test.mjs with headless Chromium
-# (playwright-core), and stops everything it started (by PID) on exit.
+# (nodeA, nodeB) sharing it, and nginx in front of both, plus a third node in
+# token mode (nodeT: --auth token, its own --redis-prefix, so its accounts and
+# rooms are separate); then runs the node:test suite in
+# tests/browser/*.test.mjs with headless Chromium (playwright-core), and stops
+# everything it started (by PID) on exit.
 #
 # Environment:
 #   RELAY_BIN     relay binary (default: target/debug/relay under the repo root)
@@ -18,7 +20,10 @@
 # Exported to the tests: RELAY_LB_URL, RELAY_NODE_A_URL, RELAY_NODE_B_URL,
 # RELAY_NODE_A_PID, RELAY_NODE_B_PID, RELAY_NODE_A_PID_FILE (node A's current
 # PID: node A runs in a loop that restarts it on the same port whenever it
-# exits, while RELAY_NODE_A_KEEP exists), RELAY_ARTIFACTS.
+# exits, while RELAY_NODE_A_KEEP exists), RELAY_TOKEN_NODE_URL,
+# RELAY_TOKEN_NODE_PID, RELAY_REDIS_URL, RELAY_TOKEN_REDIS_PREFIX,
+# RELAY_WEB_STALE (1 when the page embedded in the binary differs from web/),
+# RELAY_ARTIFACTS.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -96,12 +101,12 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # ------------------------------------------------------------------ ports
-read -r REDIS_PORT PORT_A PORT_B PORT_LB _UNUSED PORT_FRONT_A PORT_FRONT_B < <(node -e '
+read -r REDIS_PORT PORT_A PORT_B PORT_LB _UNUSED PORT_FRONT_A PORT_FRONT_B PORT_T PORT_FRONT_T < <(node -e '
   const net = require("net");
   const servers = [];
   (async () => {
     const ports = [];
-    for (let i = 0; i < 7; i++) {
+    for (let i = 0; i < 9; i++) {
       const s = net.createServer();
       await new Promise((r) => s.listen(0, "127.0.0.1", r));
       servers.push(s); ports.push(s.address().port);
@@ -161,19 +166,48 @@ NODE_A_LOOP=$!
 NODE_B_PID=$!
 PIDS+=("$NODE_B_PID")
 
+# Node T: token mode (register / log in), on the same redis under its own
+# prefix. --login-rate: the suite registers and logs in more than the default
+# 10 times a minute, all from 127.0.0.1.
+TOKEN_SECRET=browser-test-secret
+TOKEN_PREFIX=tok
+"${RELAY_CMD[@]}" serve --listen "127.0.0.1:$PORT_T" --redis "$REDIS_URL" --redis-prefix "$TOKEN_PREFIX" \
+  --node-id nodeT --auth token --secret "$TOKEN_SECRET" --heartbeat-ms 1000 --drain-secs 2 --login-rate 600 \
+  >>"$RUN/nodeT.log" 2>&1 &
+NODE_T_PID=$!
+PIDS+=("$NODE_T_PID")
+
 for _ in $(seq 1 50); do [ -s "$RUN/nodeA.pid" ] && break; sleep 0.1; done
 wait_http "http://127.0.0.1:$PORT_A/readyz" 30 || { tail -50 "$RUN/nodeA.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:$PORT_B/readyz" 30 || { tail -50 "$RUN/nodeB.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:$PORT_T/readyz" 30 || { tail -50 "$RUN/nodeT.log" >&2; exit 1; }
+curl -fsS --max-time 2 "http://127.0.0.1:$PORT_T/api/config" | grep -q '"auth":"token"' \
+  || { log "node T is not in token mode"; tail -50 "$RUN/nodeT.log" >&2; exit 1; }
+
+# The page is embedded in the binary at build time: say so when web/ has
+# changed since (the tests would check the binary's older copy).
+RELAY_WEB_STALE=0
+for f in index.html app.js style.css; do
+  if ! curl -fsS --max-time 2 "http://127.0.0.1:$PORT_A/$f" | cmp -s - "$ROOT/web/$f"; then RELAY_WEB_STALE=1; fi
+done
+if [ "$RELAY_WEB_STALE" = 1 ] && [ "${RELAY_WEB_FROM_DISK:-0}" != "1" ]; then
+  log "WARNING: web/ differs from the page embedded in $RELAY_BIN: the tests run the binary's copy."
+  log "WARNING: rebuild (cargo build), or set RELAY_WEB_FROM_DISK=1 to test web/ as it is on disk."
+fi
 
 # ------------------------------------------------------------------ nginx
 TEMPLATE=""
 WEB_ARGS=()
 URL_A="http://127.0.0.1:$PORT_A"
 URL_B="http://127.0.0.1:$PORT_B"
+URL_T="http://127.0.0.1:$PORT_T"
 if [ "${RELAY_WEB_FROM_DISK:-0}" = "1" ]; then
-  WEB_ARGS=(--static "$ROOT/web" --front "$PORT_FRONT_A=127.0.0.1:$PORT_A" --front "$PORT_FRONT_B=127.0.0.1:$PORT_B")
+  WEB_ARGS=(--static "$ROOT/web" --front "$PORT_FRONT_A=127.0.0.1:$PORT_A" --front "$PORT_FRONT_B=127.0.0.1:$PORT_B"
+    --front "$PORT_FRONT_T=127.0.0.1:$PORT_T")
   URL_A="http://127.0.0.1:$PORT_FRONT_A"
   URL_B="http://127.0.0.1:$PORT_FRONT_B"
+  URL_T="http://127.0.0.1:$PORT_FRONT_T"
+  RELAY_WEB_STALE=0
   log "RELAY_WEB_FROM_DISK=1: the page comes from $ROOT/web, not from the binary"
 fi
 if [ -f "$ROOT/docker/nginx.conf" ]; then TEMPLATE="$ROOT/docker/nginx.conf"; fi
@@ -196,6 +230,11 @@ export RELAY_NODE_A_PID
 export RELAY_NODE_A_PID_FILE="$RUN/nodeA.pid"
 export RELAY_NODE_A_KEEP="$RUN/nodeA.keep"
 export RELAY_NODE_B_PID="$NODE_B_PID"
+export RELAY_TOKEN_NODE_URL="$URL_T"
+export RELAY_TOKEN_NODE_PID="$NODE_T_PID"
+export RELAY_REDIS_URL="$REDIS_URL"
+export RELAY_TOKEN_REDIS_PREFIX="$TOKEN_PREFIX"
+export RELAY_WEB_STALE
 export RELAY_ARTIFACTS="$ARTIFACTS"
 export CHROMIUM_BIN="${CHROMIUM_BIN:-/usr/bin/chromium}"
 # Chromium gets a scratch home.
@@ -204,7 +243,7 @@ export HOME="$RUN/home" XDG_CONFIG_HOME="$RUN/home/.config" XDG_CACHE_HOME="$RUN
 rm -rf "$ARTIFACTS"
 mkdir -p "$ARTIFACTS"
 
-log "LB $RELAY_LB_URL, nodeA $RELAY_NODE_A_URL (pid $RELAY_NODE_A_PID), nodeB $RELAY_NODE_B_URL (pid $RELAY_NODE_B_PID)"
+log "LB $RELAY_LB_URL, nodeA $RELAY_NODE_A_URL (pid $RELAY_NODE_A_PID), nodeB $RELAY_NODE_B_URL (pid $RELAY_NODE_B_PID), token nodeT $RELAY_TOKEN_NODE_URL (pid $RELAY_TOKEN_NODE_PID)"
 set +e
 (cd "$HERE" && node --test --test-concurrency=1 --test-reporter=spec "$@" ./*.test.mjs)
 STATUS=$?

@@ -16,6 +16,12 @@ export const env = {
   nodeB: must('RELAY_NODE_B_URL'),
   nodeAPidFile: process.env.RELAY_NODE_A_PID_FILE || null,
   nodeAPid: Number(process.env.RELAY_NODE_A_PID) || null,
+  // The node in token mode (register / log in); its own redis prefix.
+  tokenNode: (process.env.RELAY_TOKEN_NODE_URL || '').replace(/\/$/, '') || null,
+  redisUrl: process.env.RELAY_REDIS_URL || null,
+  tokenPrefix: process.env.RELAY_TOKEN_REDIS_PREFIX || null,
+  // The binary embeds an older copy of web/ than the one on disk.
+  webStale: process.env.RELAY_WEB_STALE === '1',
   artifacts: process.env.RELAY_ARTIFACTS || path.resolve(import.meta.dirname || '.', '../../../.ci/artifacts/browser'),
 };
 
@@ -131,6 +137,31 @@ export class ChatPage {
     await this.tid('connect-button').click();
     await this.waitConnected();
     await this.waitJoined('lobby');
+  }
+
+  /** Token mode: fills the account form and clicks "Create account" (the page then logs in). */
+  async register(username, password) {
+    await this.fillAccount(username, password);
+    await this.tid('register-button').click();
+  }
+
+  /** Token mode: fills the account form and submits it with "Log in". */
+  async logIn(username, password) {
+    await this.fillAccount(username, password);
+    await this.tid('login-button').click();
+  }
+
+  async fillAccount(username, password) {
+    await this.tid('token-form').waitFor({ state: 'visible' });
+    await this.tid('username-input').fill(username);
+    await this.tid('password-input').fill(password);
+  }
+
+  /** Waits for the chat view, connected and in the lobby (after a token-mode login). */
+  async waitInChat(timeout = 15000) {
+    await this.waitConnected(timeout);
+    await this.waitJoined('lobby', timeout);
+    await this.tid('chat-view').waitFor({ state: 'visible', timeout });
   }
 
   async waitConnected(timeout = 15000) {
