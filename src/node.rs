@@ -95,10 +95,21 @@ impl SessionHandle {
 struct RoomInner {
     /// Sessions joining or joined; the room is dropped when it reaches 0.
     refs: usize,
-    members: HashMap<u64, Arc<SessionHandle>>,
+    members: HashMap<u64, Member>,
     /// Local connections per user (joining or joined).
     user_counts: HashMap<String, usize>,
     ring: VecDeque<(u64, Arc<SharedFrame>)>,
+    /// The epoch of the ids in `ring` (a new epoch empties the ring).
+    ring_epoch: Option<Arc<str>>,
+}
+
+/// A joined session and its join watermark.
+struct Member {
+    handle: Arc<SessionHandle>,
+    /// Messages of this epoch with an id up to this one were in the `joined`
+    /// snapshot: their events may still be on their way from the backplane
+    /// and are skipped for this member. Cleared by the first newer message.
+    seen: Option<(Arc<str>, u64)>,
 }
 
 struct LocalRoom {
@@ -519,6 +530,7 @@ impl Node {
             presence.sort();
         }
         let last_id = joined.snapshot.last_id;
+        let epoch: Arc<str> = Arc::from(joined.snapshot.epoch.as_str());
         let frame = ServerFrame::Joined {
             room: room_name.to_owned(),
             epoch: joined.snapshot.epoch,
@@ -533,12 +545,22 @@ impl Node {
             .map_err(|_| BackplaneError::Internal("poisoned".into()))?;
         session.send(&frame);
         if !already_member {
-            for (id, frame) in inner.ring.iter() {
-                if *id > last_id {
-                    session.queue.push(frame.get(session.encoding));
+            // Messages dispatched here after the snapshot was read: replay.
+            if inner.ring_epoch.as_deref() == Some(&*epoch) {
+                for (id, frame) in inner.ring.iter() {
+                    if *id > last_id {
+                        session.queue.push(frame.get(session.encoding));
+                    }
                 }
             }
-            inner.members.insert(session.id, session.clone());
+            // Messages in the snapshot not dispatched yet: skip on arrival.
+            inner.members.insert(
+                session.id,
+                Member {
+                    handle: session.clone(),
+                    seen: Some((epoch, last_id)),
+                },
+            );
         }
         Ok(())
     }
@@ -580,6 +602,7 @@ impl Node {
         match event {
             Event::Message {
                 message,
+                epoch,
                 origin,
                 traceparent,
             } => {
@@ -609,12 +632,23 @@ impl Node {
                     return;
                 };
                 let mut sent = 0u64;
-                for member in inner.members.values() {
-                    if Some(member.id) == skip {
+                for member in inner.members.values_mut() {
+                    if let Some((seen_epoch, seen_id)) = &member.seen {
+                        if **seen_epoch == *epoch && id <= *seen_id {
+                            continue;
+                        }
+                        member.seen = None;
+                    }
+                    let handle = &member.handle;
+                    if Some(handle.id) == skip {
                         continue;
                     }
-                    member.queue.push(frame.get(member.encoding));
+                    handle.queue.push(frame.get(handle.encoding));
                     sent += 1;
+                }
+                if inner.ring_epoch.as_deref() != Some(epoch.as_str()) {
+                    inner.ring.clear();
+                    inner.ring_epoch = Some(Arc::from(epoch.as_str()));
                 }
                 if inner.ring.len() >= RING_LEN {
                     inner.ring.pop_front();
@@ -713,8 +747,8 @@ impl Node {
             return;
         };
         for member in inner.members.values() {
-            if include(member) {
-                member.queue.push(frame.get(member.encoding));
+            if include(&member.handle) {
+                member.handle.queue.push(frame.get(member.handle.encoding));
             }
         }
     }

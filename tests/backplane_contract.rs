@@ -198,6 +198,18 @@ fn message_ids(events: &[Event], room_name: &str) -> Vec<u64> {
         .collect()
 }
 
+fn message_epochs(events: &[Event], room_name: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message { message, epoch, .. } if message.room == room_name => {
+                Some(epoch.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn joined(events: &[Event]) -> Vec<String> {
     events
         .iter()
@@ -359,7 +371,8 @@ async fn history_cap_and_paging(c: Cluster) {
 
 /// Epochs are fixed on first use (join or message), survive messages, and
 /// change when the store lost the room (Redis only).
-async fn epochs(c: Cluster) {
+async fn epochs(mut c: Cluster) {
+    subscribe(c.node(0), Topic::Room("ep".into())).await;
     let first = c
         .node(1)
         .join("ep", "bob", false, None)
@@ -374,6 +387,11 @@ async fn epochs(c: Cluster) {
         .await
         .unwrap();
     assert_eq!(p.id, 1);
+    assert_eq!(
+        message_epochs(&c.settle(0).await, "ep"),
+        vec![first.epoch.clone()],
+        "a message event carries its room's epoch"
+    );
     let again = c
         .node(0)
         .join("ep", "alice", false, None)
@@ -420,6 +438,11 @@ async fn epochs(c: Cluster) {
     assert_eq!(
         c.node(1).join("ep", "a", false, None).await.unwrap().epoch,
         after.epoch
+    );
+    assert_eq!(
+        message_epochs(&c.settle(0).await, "ep"),
+        vec![after.epoch.clone()],
+        "events after a wipe carry the new epoch"
     );
     // A room first used by a message after the wipe.
     c.node(1)

@@ -408,6 +408,63 @@ async fn concurrent_senders_on_three_nodes_see_one_order() {
     }
 }
 
+/// Joins `room` while messages stream in and collects the ids this client
+/// sees (history of `joined`, then live messages) up to `last`.
+async fn ids_seen_by_a_joiner(mut c: Client, room: &str, last: u64) -> Vec<u64> {
+    let mut ids = match c.join(room).await {
+        ServerFrame::Joined { history, .. } => history
+            .into_iter()
+            .map(|h| h.message.id)
+            .collect::<Vec<_>>(),
+        other => panic!("joined expected, got {other:?}"),
+    };
+    while ids.last().copied().unwrap_or(0) < last {
+        if let ServerFrame::Message(m) = c.recv().await {
+            ids.push(m.id);
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn joining_during_traffic_sees_every_message_once() {
+    // The `joined` snapshot is read from Redis while the same messages are
+    // still on their way through pub/sub: each must reach the joiner once,
+    // in `history` or live, never in both and never neither.
+    let c = cluster(2, RedisServer::new(), &[]);
+    let (senders, per_sender) = (4u64, 60u64);
+    let total = senders * per_sender;
+    let mut joiners = Vec::new();
+    for i in 0..16 {
+        joiners.push(guest(&c.nodes[i % 2], &format!("j{i}")).await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..senders {
+        let mut s = guest(&c.nodes[0], &format!("s{i}")).await;
+        s.join("race").await;
+        tasks.push(tokio::spawn(async move {
+            for k in 0..per_sender {
+                s.say("race", &format!("{k}")).await;
+            }
+            s
+        }));
+    }
+    let mut watchers = Vec::new();
+    for j in joiners {
+        watchers.push(tokio::spawn(ids_seen_by_a_joiner(j, "race", total)));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (i, w) in watchers.into_iter().enumerate() {
+        let ids = w.await.unwrap();
+        let first = ids.first().copied().unwrap_or(1);
+        let expected: Vec<u64> = (first..=total).collect();
+        assert_eq!(ids, expected, "joiner j{i}: every id once, in order");
+    }
+}
+
 #[tokio::test]
 async fn three_nodes_behind_nginx() {
     let c = cluster(3, RedisServer::new(), &[]);

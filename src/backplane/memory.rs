@@ -211,6 +211,7 @@ impl Backplane for MemoryBackplane {
             &Topic::Room(req.room),
             &Event::Message {
                 message,
+                epoch: room.epoch.clone(),
                 origin: req.origin,
                 traceparent: req.traceparent,
             },

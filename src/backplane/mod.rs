@@ -57,6 +57,8 @@ pub enum Event {
     Message {
         /// The message.
         message: ChatMessage,
+        /// The room's epoch the id belongs to (ids restart in a new epoch).
+        epoch: String,
         /// The sending connection (skipped on fan-out).
         origin: Option<Origin>,
         /// W3C `traceparent` of the publishing span, when the publisher

@@ -7,7 +7,7 @@
 //!
 //! | `t` | fields |
 //! |---|---|
-//! | `msg` | `room`, `id`, `from`, `text`, `ts`, optional `node`+`session` (origin), optional `tp` (W3C traceparent) |
+//! | `msg` | `room`, `id`, `from`, `text`, `ts`, `ep` (the room's epoch), optional `node`+`session` (origin), optional `tp` (W3C traceparent) |
 //! | `joined` | `room`, `user`, `ts`, optional origin |
 //! | `left` | `room`, `user`, `ts`, `reason` (`leave`, `disconnect`, `timeout`) |
 //! | `typing` | `room`, `user`, `active`, origin |
@@ -45,6 +45,9 @@ pub(super) struct Envelope {
     pub(super) node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) session: Option<u64>,
+    /// The room's epoch (messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) ep: Option<String>,
     /// W3C `traceparent` of the publisher (messages only, when it traces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) tp: Option<String>,
@@ -116,6 +119,7 @@ pub(super) fn decode_event(bytes: &[u8]) -> Option<Event> {
                 text: e.text?,
                 ts: e.ts?,
             },
+            epoch: e.ep.unwrap_or_default(),
             origin,
             traceparent: e.tp,
         },

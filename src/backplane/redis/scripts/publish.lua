@@ -15,7 +15,7 @@ if k_cid then
     return { 1, tonumber(string.sub(prev, 1, sep - 1)), tonumber(string.sub(prev, sep + 1)) }
   end
 end
-ensure_epoch(KEYS[1], KEYS[2], KEYS[3], ARGV[4])
+local epoch = ensure_epoch(KEYS[1], KEYS[2], KEYS[3], ARGV[4])
 local id = redis.call('INCR', KEYS[2])
 local ts = now_ms()
 local stored = cmsgpack.pack({ room = ARGV[1], id = id, from = ARGV[2], text = ARGV[3], ts = ts })
@@ -24,7 +24,7 @@ redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
 if k_cid then
   redis.call('SET', k_cid, id .. ':' .. ts, 'EX', tonumber(ARGV[7]))
 end
-local env = { t = 'msg', room = ARGV[1], id = id, from = ARGV[2], text = ARGV[3], ts = ts }
+local env = { t = 'msg', room = ARGV[1], id = id, from = ARGV[2], text = ARGV[3], ts = ts, ep = epoch }
 local o = origin(ARGV[8], ARGV[9])
 if o then env.node = o.node; env.session = o.session end
 if ARGV[10] and ARGV[10] ~= '' then env.tp = ARGV[10] end
