@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
                 relay::telemetry::init_node(config.log_format, &config.log_level, &node_id);
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(config.listen).await?;
+                let listener = relay::server::bind_listener(config.listen)?;
                 // One machine-readable line on stdout: scripts and tests read
                 // the bound address from it (useful with `--listen 127.0.0.1:0`).
                 println!("relay listening on http://{}", listener.local_addr()?);

@@ -42,6 +42,24 @@ pub enum ServeError {
 /// (Redis connections, log files, the listener, HTTP requests).
 const FD_RESERVE: u64 = 256;
 
+/// The accept queue of the listening socket. The default of `std`/tokio
+/// (128) overflows when thousands of clients reconnect at once (a node
+/// drain or restart); the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the HTTP listener with `SO_REUSEADDR` (a restarted node can take
+/// its port back at once) and a [`LISTEN_BACKLOG`] accept queue.
+pub fn bind_listener(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Raises the soft open-file limit to the hard one; returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -231,4 +249,32 @@ pub async fn run(
     }
     tracing::info!("drained, bye");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of connections larger than the old default backlog (128)
+    /// completes its TCP handshakes while nothing accepts yet.
+    #[tokio::test]
+    async fn the_accept_queue_holds_a_reconnect_burst() {
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(LISTEN_BACKLOG);
+        let burst = 600.min(somaxconn.min(LISTEN_BACKLOG) as usize);
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..burst).map(|_| async move {
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+        let streams = futures_util::future::join_all(connects).await;
+        let queued = streams.iter().filter(|s| s.is_some()).count();
+        assert_eq!(queued, burst, "every connection of the burst was queued");
+        drop(listener);
+    }
 }
