@@ -340,6 +340,11 @@ fn reconnects_after_the_node_restarts() {
     alice.expect_out("User 'bob' joined the chat");
     bob.line("before the crash");
     alice.expect_out("bob: before the crash");
+    // The ack precedes the presence reply on bob's socket: once bob sees the
+    // reply, the line is confirmed and will not be resent after the crash
+    // (an unconfirmed line would be, correctly: at-least-once delivery).
+    bob.line("/who");
+    bob.expect_out("Online in lobby: alice, bob");
 
     node.kill9();
     alice.expect_err(|l| l.starts_with("* reconnecting…"), "* reconnecting…");
