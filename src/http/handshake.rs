@@ -263,14 +263,25 @@ async fn check_and_upgrade(
     session_span.follows_from(&span);
     ws.max_message_size(max)
         .max_frame_size(max)
-        .read_buffer_size(4096)
+        // Small: allocated per socket up front; larger frames grow it.
+        .read_buffer_size(512)
         .write_buffer_size(32 * 1024)
         .on_upgrade(move |socket| {
-            async move {
-                let _ip_slot = ip_slot;
-                crate::session::run(socket, node, lease, user, encoding, session, expires).await
-            }
-            .instrument(session_span)
+            // The connection runs in a task of its own, and axum's upgrade
+            // task (its state machine is three times larger) ends here:
+            // only the connection's state stays resident per socket.
+            let run = {
+                let _entered = session_span.enter();
+                crate::session::run(socket, node.clone(), lease, user, encoding, session, expires)
+            };
+            node.tasks.spawn(
+                async move {
+                    let _ip_slot = ip_slot;
+                    run.await
+                }
+                .instrument(session_span),
+            );
+            std::future::ready(())
         })
         .into_response()
 }

@@ -50,7 +50,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// expires (closes with 4001). Run it inside the connection's `session` span
 /// (see [`session_span`]): the session records its number there and logs
 /// its end in it.
-pub async fn run(
+///
+/// The set-up runs synchronously when called (inside the connection's task);
+/// the returned future holds only what lives for the whole connection. (An
+/// `async fn` would also keep its arguments, the socket among them, in every
+/// idle connection's state.)
+pub fn run(
     socket: WebSocket,
     node: Arc<Node>,
     lease: UserLease,
@@ -58,7 +63,7 @@ pub async fn run(
     encoding: Encoding,
     config: Arc<SessionConfig>,
     expires: Option<Instant>,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let handle = node.open_session(&user, encoding, config.max_queue);
     tracing::Span::current().record("session", handle.id);
     let metrics = node.metrics.clone();
@@ -96,16 +101,63 @@ pub async fn run(
         rooms: HashSet::new(),
         bucket: TokenBucket::new(config.rate),
     };
-    let read_reason = reader
-        .read_loop(&mut stream, &last_seen, started, &writer_done, expires)
+    drop((user, config));
+    async move {
+        let read_reason = reader
+            .read_loop(&mut stream, &last_seen, started, &writer_done, expires)
+            .await;
+        if let Some(reason) = read_reason {
+            handle.queue.close(reason);
+        }
+        // Boxed: the clean-up's state is not part of every idle connection's
+        // task (a future is as large as its largest await point).
+        Box::pin(finish(Finish {
+            node,
+            handle,
+            lease,
+            rooms: std::mem::take(&mut reader.rooms),
+            stream,
+            writer,
+            read_reason,
+            enc_label,
+            started,
+        }))
         .await;
-    if let Some(reason) = read_reason {
-        handle.queue.close(reason);
     }
+}
+
+/// What the end of a session needs.
+struct Finish {
+    node: Arc<Node>,
+    handle: Arc<SessionHandle>,
+    lease: UserLease,
+    rooms: HashSet<String>,
+    stream: futures_util::stream::SplitStream<WebSocket>,
+    writer: tokio::task::JoinHandle<DisconnectReason>,
+    read_reason: Option<DisconnectReason>,
+    enc_label: crate::metrics::EncodingLabel,
+    started: Instant,
+}
+
+/// Ends a session: leaves its rooms, releases the user, completes the
+/// closing handshake and records the outcome.
+async fn finish(f: Finish) {
+    let Finish {
+        node,
+        handle,
+        lease,
+        rooms,
+        mut stream,
+        writer,
+        read_reason,
+        enc_label,
+        started,
+    } = f;
+    let metrics = node.metrics.clone();
     // The session is over: leave every room (the user's last connection
     // tells the others) and release the user before the closing handshake,
     // which may take a while with an unresponsive peer.
-    for room in std::mem::take(&mut reader.rooms) {
+    for room in rooms {
         if let Err(e) = node.leave(&handle, &room, LeaveReason::Disconnect).await {
             tracing::warn!(room, error = %e, "leave on disconnect failed");
         }
@@ -209,10 +261,11 @@ async fn write_loop(
             code: reason.close_code(),
             reason: reason.close_text().into(),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // Boxed: its timer would otherwise enlarge every writer's state.
+        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
             sink.send(Message::Close(Some(frame))).await?;
             sink.close().await
-        })
+        }))
         .await;
     }
     done.cancel();
@@ -282,18 +335,20 @@ impl Reader {
         writer_done: &CancellationToken,
         expires: Option<Instant>,
     ) -> Option<DisconnectReason> {
-        let expiry = async {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
+        // Boxed, and only with an expiry: a timer is large for a state that
+        // every idle connection keeps.
+        let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
         loop {
+            let expired = async {
+                match &mut expiry {
+                    Some(sleep) => sleep.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            };
             let next = tokio::select! {
                 m = stream.next() => m,
                 _ = writer_done.cancelled() => return None,
-                _ = &mut expiry => return Some(DisconnectReason::SessionExpired),
+                _ = expired => return Some(DisconnectReason::SessionExpired),
             };
             last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let (bytes, encoding) = match next {
@@ -304,7 +359,10 @@ impl Reader {
                 Some(Ok(Message::Text(t))) => (t.into(), Encoding::Json),
                 Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
             };
-            if let Some(reason) = self.on_frame(&bytes, encoding).await {
+            // Boxed: the command futures (the largest state of a session)
+            // live on the heap only while a command runs, so an idle
+            // connection's task stays small.
+            if let Some(reason) = Box::pin(self.on_frame(&bytes, encoding)).await {
                 return Some(reason);
             }
         }
