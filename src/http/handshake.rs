@@ -272,7 +272,15 @@ async fn check_and_upgrade(
             // only the connection's state stays resident per socket.
             let run = {
                 let _entered = session_span.enter();
-                crate::session::run(socket, node.clone(), lease, user, encoding, session, expires)
+                crate::session::run(
+                    socket,
+                    node.clone(),
+                    lease,
+                    user,
+                    encoding,
+                    session,
+                    expires,
+                )
             };
             node.tasks.spawn(
                 async move {
