@@ -32,8 +32,11 @@ pub struct Config {
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Redis backplane URL (`redis://`, `rediss://`); absent: in-memory,
-    /// single node. Nodes sharing one Redis form one cluster.
+    /// Redis backplane URL (`redis://`, `rediss://`), or a Redis Cluster
+    /// (Redis ≥ 7, sharded pub/sub) by its seed nodes:
+    /// `redis+cluster://HOST:PORT,HOST:PORT,...` (docs/redis-cluster.md);
+    /// absent: in-memory, single node. Nodes sharing one Redis form one
+    /// cluster.
     #[arg(long, env = "RELAY_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 

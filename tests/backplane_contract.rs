@@ -1,8 +1,12 @@
 //! The `Backplane` contract: one generic test per behaviour, each run against
-//! two nodes of one `MemoryHub` and against two `RedisBackplane` nodes on a
-//! private redis-server. Redis-only tests cover node death, Redis outages and
-//! restarts. Real redis-server, no mocks; short timings, bounded waits.
+//! two nodes of one `MemoryHub`, against two `RedisBackplane` nodes on a
+//! private redis-server, and against two `RedisBackplane` nodes on a private
+//! 3-master Redis Cluster (sharded pub/sub). Redis-only tests cover node
+//! death, Redis outages and restarts. Real redis-server, no mocks; short
+//! timings, bounded waits.
 
+#[path = "support/redis_cluster.rs"]
+mod redis_cluster_support;
 #[path = "support/redis.rs"]
 mod redis_support;
 
@@ -11,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use redis_cluster_support::RedisCluster;
 use redis_support::RedisServer;
 use relay::backplane::memory::MemoryHub;
 use relay::backplane::redis::{RedisBackplane, RedisOptions};
@@ -22,7 +27,8 @@ use relay::protocol::LeaveReason;
 
 /// How long a test waits for something expected.
 const WAIT: Duration = Duration::from_secs(5);
-/// Room every node subscribes to, for markers.
+/// Room every node subscribes to, for markers (on a Redis Cluster, one such
+/// room per shard: see `Cluster::settle`).
 const MARKER_ROOM: &str = "marker";
 
 fn options() -> RedisOptions {
@@ -38,6 +44,7 @@ fn options() -> RedisOptions {
 enum Kind {
     Memory,
     Redis,
+    RedisCluster,
 }
 
 /// Nodes of one cluster, with their event streams.
@@ -46,6 +53,10 @@ struct Cluster {
     nodes: Vec<Arc<dyn Backplane>>,
     events: Vec<EventStream>,
     redis: Option<RedisServer>,
+    /// The Redis Cluster of `Kind::RedisCluster`.
+    redis_cluster: Option<RedisCluster>,
+    /// Marker rooms every node subscribes to.
+    marker_rooms: Vec<String>,
     markers: u64,
 }
 
@@ -54,7 +65,7 @@ async fn memory_cluster(n: usize) -> Cluster {
     let nodes: Vec<Arc<dyn Backplane>> = (0..n)
         .map(|i| Arc::new(hub.node(format!("m{i}"))) as Arc<dyn Backplane>)
         .collect();
-    Cluster::new(Kind::Memory, nodes, None).await
+    Cluster::new(Kind::Memory, nodes, None, vec![MARKER_ROOM.into()]).await
 }
 
 async fn redis_node(server: &RedisServer, id: &str) -> Arc<dyn Backplane> {
@@ -71,23 +82,63 @@ async fn redis_cluster(n: usize) -> Cluster {
     for i in 0..n {
         nodes.push(redis_node(&server, &format!("r{i}")).await);
     }
-    Cluster::new(Kind::Redis, nodes, Some(server)).await
+    Cluster::new(Kind::Redis, nodes, Some(server), vec![MARKER_ROOM.into()]).await
+}
+
+/// `n` nodes on a private 3-master Redis Cluster.
+async fn redis_cluster_cluster(n: usize) -> Cluster {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::new)
+        .await
+        .expect("start a redis cluster");
+    let mut nodes: Vec<Arc<dyn Backplane>> = Vec::new();
+    for i in 0..n {
+        nodes.push(Arc::new(
+            RedisBackplane::connect(&cluster.url(), format!("c{i}"), options())
+                .await
+                .expect("connect to the redis cluster"),
+        ));
+    }
+    // Order holds per shard only (one subscription connection each), so
+    // `settle` needs a marker room on every shard.
+    let mut markers: Vec<String> = vec![MARKER_ROOM.into()];
+    let mut shards = BTreeSet::from([cluster.master_of(&format!("{{{MARKER_ROOM}}}"))]);
+    for i in 1.. {
+        if shards.len() == cluster.ports().len() {
+            break;
+        }
+        let room = format!("{MARKER_ROOM}{i}");
+        if shards.insert(cluster.master_of(&format!("{{{room}}}"))) {
+            markers.push(room);
+        }
+    }
+    let mut c = Cluster::new(Kind::RedisCluster, nodes, None, markers).await;
+    c.redis_cluster = Some(cluster);
+    c
 }
 
 impl Cluster {
-    async fn new(kind: Kind, nodes: Vec<Arc<dyn Backplane>>, redis: Option<RedisServer>) -> Self {
+    async fn new(
+        kind: Kind,
+        nodes: Vec<Arc<dyn Backplane>>,
+        redis: Option<RedisServer>,
+        marker_rooms: Vec<String>,
+    ) -> Self {
         let events = nodes
             .iter()
             .map(|n| n.take_events().expect("event stream"))
             .collect();
         for node in &nodes {
-            subscribe(node, Topic::Room(MARKER_ROOM.into())).await;
+            for room in &marker_rooms {
+                subscribe(node, Topic::Room(room.clone())).await;
+            }
         }
         Cluster {
             kind,
             nodes,
             events,
             redis,
+            redis_cluster: None,
+            marker_rooms,
             markers: 0,
         }
     }
@@ -97,22 +148,29 @@ impl Cluster {
     }
 
     /// Every event node `i` received before a marker (published by node `i`
-    /// after everything done so far) came back; markers excluded. Both
-    /// backplanes deliver a node's subscriptions in publish order, so nothing
-    /// published earlier can arrive after the marker.
+    /// after everything done so far) came back; markers excluded. Every
+    /// backplane delivers a node's subscriptions in publish order (a Redis
+    /// Cluster per shard: one marker room per shard), so nothing published
+    /// earlier can arrive after the markers.
     async fn settle(&mut self, i: usize) -> Vec<Event> {
         self.markers += 1;
         let marker = format!("m-{}", self.markers);
-        self.nodes[i]
-            .typing(MARKER_ROOM, &marker, true, origin(&*self.nodes[i], 0))
-            .await
-            .expect("marker");
+        for room in &self.marker_rooms {
+            self.nodes[i]
+                .typing(room, &marker, true, origin(&*self.nodes[i], 0))
+                .await
+                .expect("marker");
+        }
+        let mut pending: BTreeSet<String> = self.marker_rooms.iter().cloned().collect();
         let mut seen = Vec::new();
         loop {
             match next_event(&mut self.events[i]).await {
-                Event::Typing { room, user, .. } if room == MARKER_ROOM => {
+                Event::Typing { room, user, .. } if self.marker_rooms.contains(&room) => {
                     if user == marker {
-                        return seen;
+                        pending.remove(&room);
+                        if pending.is_empty() {
+                            return seen;
+                        }
                     }
                 }
                 other => seen.push(other),
@@ -131,6 +189,10 @@ impl Cluster {
 
     /// Wipes the shared store (Redis only): `false` for memory.
     async fn wipe(&self) -> bool {
+        if let Some(cluster) = &self.redis_cluster {
+            cluster.wipe(&options().prefix);
+            return true;
+        }
         let Some(server) = &self.redis else {
             return false;
         };
@@ -246,7 +308,8 @@ where
     }
 }
 
-/// Generates `NAME::memory` and `NAME::redis` for a generic contract test.
+/// Generates `NAME::memory`, `NAME::redis` and `NAME::redis_cluster` for a
+/// generic contract test.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -257,6 +320,10 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 super::$name(super::redis_cluster(2).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name(super::redis_cluster_cluster(2).await).await;
             }
         }
     )*};

@@ -236,6 +236,22 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "redis-server")]
     pub(crate) redis_bin: String,
 
+    /// With --spawn-cluster: back the nodes with a private Redis Cluster of
+    /// N masters (N ≥ 3, no replicas, joined with `redis-cli --cluster
+    /// create`) instead of one redis-server; the nodes get
+    /// `--redis redis+cluster://...` (sharded pub/sub).
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "spawn_cluster",
+        conflicts_with = "embedded"
+    )]
+    pub(crate) redis_cluster: Option<usize>,
+
+    /// redis-cli binary for --redis-cluster.
+    #[arg(long, default_value = "redis-cli")]
+    pub(crate) redis_cli_bin: String,
+
     /// Extra argument for every spawned `relay serve` (repeatable), e.g.
     /// --server-arg=--rate=100.
     #[arg(long = "server-arg", allow_hyphen_values = true)]

@@ -1,5 +1,7 @@
-//! `--spawn-cluster N`: a private redis-server and N relay nodes on loopback,
-//! stopped (SIGTERM, then SIGKILL) when the run ends, even on error.
+//! `--spawn-cluster N`: a private redis-server (or, with `--redis-cluster M`,
+//! a private M-master Redis Cluster) and N relay nodes on loopback, stopped
+//! (SIGTERM, then SIGKILL, each by its own PID) when the run ends, even on
+//! error.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -18,7 +20,17 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) relay_bin: PathBuf,
     nodes: Vec<Child>,
-    redis: Option<Child>,
+    redis: Vec<Child>,
+}
+
+/// Which Redis to start for the nodes.
+pub(crate) struct RedisSpec<'a> {
+    /// redis-server binary.
+    pub(crate) server_bin: &'a str,
+    /// redis-cli binary (cluster creation).
+    pub(crate) cli_bin: &'a str,
+    /// `Some(M)`: a Redis Cluster of M masters; `None`: one redis-server.
+    pub(crate) masters: Option<usize>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -57,6 +69,21 @@ pub(crate) fn find_relay(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("no relay binary: build it (cargo build --release --bin relay) or set RELAY_BIN")
+}
+
+/// Sends one inline command to a local Redis and reads the start of the
+/// reply (enough for PING and `CLUSTER INFO`).
+fn redis_query(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 fn redis_ping(port: u16) -> bool {
@@ -109,9 +136,10 @@ impl Cluster {
         n: usize,
         embedded: bool,
         relay_bin: Option<&Path>,
-        redis_bin: &str,
+        redis: &RedisSpec<'_>,
         server_args: &[String],
     ) -> anyhow::Result<Cluster> {
+        let redis_bin = redis.server_bin;
         if n == 0 {
             bail!("--spawn-cluster needs at least 1 node");
         }
@@ -131,9 +159,11 @@ impl Cluster {
             dir: dir.clone(),
             relay_bin: relay_bin.clone(),
             nodes: Vec::new(),
-            redis: None,
+            redis: Vec::new(),
         };
-        if !embedded {
+        if let (false, Some(masters)) = (embedded, redis.masters) {
+            cluster.start_redis_cluster(masters, redis)?;
+        } else if !embedded {
             let port = free_port()?;
             let child = Command::new(redis_bin)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -149,7 +179,7 @@ impl Cluster {
                 .spawn()
                 .with_context(|| format!("starting {redis_bin}"))?;
             cluster.redis_pid = Some(child.id());
-            cluster.redis = Some(child);
+            cluster.redis.push(child);
             let deadline = Instant::now() + Duration::from_secs(10);
             while !redis_ping(port) {
                 if Instant::now() > deadline {
@@ -232,13 +262,97 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts `masters` cluster-enabled redis-servers, joins them with
+    /// `redis-cli --cluster create` (no replicas) and waits until every one
+    /// reports `cluster_state:ok`. The nodes get a `redis+cluster://` URL
+    /// naming every master; `redis_pid` is the first master (the report
+    /// samples one Redis process).
+    fn start_redis_cluster(&mut self, masters: usize, spec: &RedisSpec<'_>) -> anyhow::Result<()> {
+        if masters < 3 {
+            bail!("--redis-cluster needs at least 3 masters (Redis Cluster's minimum)");
+        }
+        let mut ports = Vec::new();
+        while ports.len() < masters {
+            let port = free_port()?;
+            // The cluster bus listens on port + 10000.
+            if port < 55_000
+                && !ports.contains(&port)
+                && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            {
+                ports.push(port);
+            }
+        }
+        for port in &ports {
+            let dir = self.dir.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&dir)?;
+            let child = Command::new(spec.server_bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-require-full-coverage", "no"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--protected-mode", "yes", "--maxclients", "10000"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", spec.server_bin))?;
+            self.redis_pid.get_or_insert(child.id());
+            self.redis.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &ports {
+            while !redis_ping(*port) {
+                if Instant::now() > deadline {
+                    bail!("redis-server on port {port} did not answer PING");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let out = Command::new(spec.cli_bin)
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", spec.cli_bin))?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            while !redis_query(*port, "CLUSTER INFO")
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+            {
+                if Instant::now() > deadline {
+                    bail!("redis cluster node {port} did not reach cluster_state:ok");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        self.redis_url = Some(format!("redis+cluster://{}", seeds.join(",")));
+        Ok(())
+    }
+
     /// Stops the nodes, then Redis.
     pub(crate) fn stop(&mut self) {
         terminate(&mut self.nodes, Duration::from_secs(5));
         self.nodes.clear();
-        if let Some(r) = self.redis.take() {
-            terminate(&mut [r], Duration::from_secs(3));
-        }
+        terminate(&mut self.redis, Duration::from_secs(3));
+        self.redis.clear();
     }
 }
 

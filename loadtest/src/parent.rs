@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::args::{Affinity, RunArgs, Scenario};
-use crate::cluster::Cluster;
+use crate::cluster::{self, Cluster};
 use crate::common::{
     hist_from_b64, new_hist, now_ns, AckList, Counters, MemberOut, Pcts, Progress, StartCmd,
     WorkerMsg, WorkerReport, WorkerSpec,
@@ -275,7 +275,11 @@ async fn run(mut args: RunArgs) -> anyhow::Result<i32> {
                 n,
                 args.embedded,
                 args.relay_bin.as_deref(),
-                &args.redis_bin,
+                &cluster::RedisSpec {
+                    server_bin: &args.redis_bin,
+                    cli_bin: &args.redis_cli_bin,
+                    masters: args.redis_cluster,
+                },
                 &args.server_args,
             )?;
             eprintln!(
@@ -753,6 +757,7 @@ async fn drive(
             "storm_spread_ms": args.storm_spread_ms,
             "seed": args.seed,
             "spawn_cluster": args.spawn_cluster,
+            "redis_cluster_masters": args.redis_cluster,
             "embedded": args.embedded,
             "command": std::env::args().collect::<Vec<_>>().join(" "),
         },

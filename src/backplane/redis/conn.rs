@@ -13,8 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, ServerErrorKind};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Client, ErrorKind, RedisError, RedisFuture, ServerErrorKind, Value,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +70,8 @@ pub(super) fn is_connection_error(e: &RedisError) -> bool {
 /// not reachable or not serving now" is `Unavailable`, the rest `Internal`.
 pub(super) fn map_error(op: &str, e: RedisError) -> BackplaneError {
     let transient = is_connection_error(&e)
+        || e.is_timeout()
+        || matches!(e.kind(), ErrorKind::ClusterConnectionNotFound)
         || matches!(
             e.kind(),
             ErrorKind::Server(
@@ -211,6 +216,92 @@ impl Conn {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A command connection of either deployment, as the scripts and commands
+/// see it: a multiplexed connection to one Redis, or the crate's cluster
+/// connection (which routes each command by its first key's slot, follows
+/// `MOVED`/`ASK` and reconnects to each shard by itself).
+#[derive(Clone)]
+pub(super) enum AnyConn {
+    /// One Redis.
+    Single(MultiplexedConnection),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for AnyConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_command(cmd),
+            AnyConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConn::Single(c) => c.get_db(),
+            AnyConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The command path of the backplane: the supervised single connection, or
+/// a cluster connection. On a cluster there is no node-wide "down": each
+/// shard fails (and recovers) on its own, so a call fails only when the
+/// shard owning its keys does not answer within the call's timeout.
+pub(super) enum Commands {
+    /// One Redis ([`Conn`]).
+    Single(Box<Conn>),
+    /// Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl Commands {
+    /// The connection to use now and its generation (always 0 on a
+    /// cluster); `None` while the single connection is down.
+    pub(super) fn get(&self) -> Option<(u64, AnyConn)> {
+        match self {
+            Commands::Single(c) => c.get().map(|(g, con)| (g, AnyConn::Single(con))),
+            Commands::Cluster(c) => Some((0, AnyConn::Cluster(c.clone()))),
+        }
+    }
+
+    /// Marks the single connection broken (no-op on a cluster).
+    pub(super) fn mark_down(&self, generation: u64) {
+        if let Commands::Single(c) = self {
+            c.mark_down(generation);
+        }
+    }
+
+    /// Whether commands can be sent (always on a cluster).
+    pub(super) fn is_up(&self) -> bool {
+        match self {
+            Commands::Single(c) => c.is_up(),
+            Commands::Cluster(_) => true,
+        }
+    }
+
+    /// Resolves after the single connection was restored; never on a
+    /// cluster.
+    pub(super) async fn reconnected(&self) {
+        match self {
+            Commands::Single(c) => c.reconnected.notified().await,
+            Commands::Cluster(_) => std::future::pending().await,
         }
     }
 }

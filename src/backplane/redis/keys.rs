@@ -5,8 +5,13 @@
 //! tag `{name}`, keys of one node instance the tag `{instance}`, and the
 //! cluster registry the tag `{_cluster}` (room and user names start with a
 //! letter or digit, so no room can share it by accident). Every Lua script
-//! touches the keys of exactly one tag, so one slot: the layout is ready for
-//! Redis Cluster. Channels are not keys and carry no slot constraint.
+//! touches the keys of exactly one tag, so one slot. On Redis Cluster the
+//! room and user channels are *sharded* channels (`SPUBLISH`/`SSUBSCRIBE`):
+//! a sharded channel lives on the shard owning its slot, so the room channel
+//! carries the room's tag (a script publishing from Lua stays in its slot)
+//! and the user channel the user's tag, shared with the user's direct
+//! message counter. Commands outside scripts touch one key each, or keys of
+//! one tag (`DEL` of an instance's two sets).
 //!
 //! | name | type | content |
 //! |---|---|---|
@@ -26,7 +31,8 @@
 //! | `P:node:{instance}:rooms` | set | rooms where the instance holds presence entries |
 //! | `P:node:{instance}:names` | set | guest names the instance holds |
 //! | `P:probe:INSTANCE-TOKEN` | channel | a node's pub/sub liveness probe |
-//! | `P:dm:seq` | string | direct message id counter |
+//! | `P:dm:seq` | string | direct message id counter (one Redis) |
+//! | `P:user:{user}:dmseq` | string | the user's direct message id counter (Redis Cluster) |
 //! | `P:accounts` | hash | account name → password hash |
 
 /// Builds key and channel names under a prefix.
@@ -131,6 +137,12 @@ impl Keys {
         format!("{}:probe:{}", self.prefix, token)
     }
 
+    /// A recipient's direct-message id counter (Redis Cluster: in the slot
+    /// of the recipient's channel, so the direct script runs in one slot).
+    pub(crate) fn user_dm_seq(&self, user: &str) -> String {
+        format!("{}:user:{{{}}}:dmseq", self.prefix, user)
+    }
+
     /// The direct-message id counter.
     pub(crate) fn dm_seq(&self) -> String {
         format!("{}:dm:seq", self.prefix)
@@ -185,5 +197,10 @@ mod tests {
             hash_tag(&k.node_names("n#1"))
         );
         assert_eq!(Keys::new("x").accounts(), "x:accounts");
+        assert_eq!(
+            hash_tag(&k.user_dm_seq("bob")),
+            hash_tag(&k.user_channel("bob"))
+        );
+        assert_eq!(hash_tag(&k.room_channel("r")), hash_tag(&k.presence("r")));
     }
 }

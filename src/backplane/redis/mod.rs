@@ -1,4 +1,9 @@
 //! Redis backplane: any number of nodes sharing one Redis form a cluster.
+//! The same backplane runs on a Redis Cluster (`redis+cluster://` seed
+//! URL, [`cluster`]): commands routed per slot, room and user channels as
+//! *sharded* channels (`SPUBLISH`/`SSUBSCRIBE`) in their tag's slot, one
+//! subscription connection per shard. Everything below holds in both modes
+//! except where [`cluster`] says otherwise.
 //!
 //! - **Fan-out** goes through Redis pub/sub on per-room channels
 //!   (`P:{room}:ch`) and per-user channels (`P:user:{user}`), so only nodes
@@ -46,6 +51,7 @@
 //! All spawned tasks end on [`Backplane::shutdown`] or when the backplane is
 //! dropped (one cancellation token, one task tracker).
 
+mod cluster;
 mod conn;
 mod envelope;
 mod keys;
@@ -60,7 +66,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisResult, ScriptInvocation};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -72,7 +77,7 @@ use super::{
 };
 use crate::metrics::{Metrics, OpLabel};
 use crate::protocol::{ChatMessage, LeaveReason, HISTORY_LEN};
-use conn::Conn;
+use conn::{AnyConn, Commands, Conn};
 use keys::Keys;
 use pubsub::SubCmd;
 use scripts::Scripts;
@@ -176,8 +181,10 @@ struct Shared {
     opts: RedisOptions,
     keys: Keys,
     scripts: Scripts,
-    client: redis::Client,
-    conn: Conn,
+    /// Redis Cluster (sharded pub/sub, per-recipient DM counters).
+    cluster: bool,
+    conn: Commands,
+    /// The single-Redis pub/sub probe channel (unused on a cluster).
     probe_channel: String,
     /// This node's current instance id (`NODE#RANDOM`).
     instance: RwLock<String>,
@@ -215,11 +222,28 @@ fn node_of(instance: &str) -> &str {
         .unwrap_or(instance)
 }
 
+/// The subscription side as `connect` opened it.
+enum PubSub {
+    /// One Redis: the client (for replacements) and the first connection.
+    Single(
+        redis::Client,
+        (redis::aio::PubSubSink, redis::aio::PubSubStream),
+    ),
+    /// Redis Cluster: the RESP3 cluster connection and its pushes.
+    Cluster(
+        redis::cluster_async::ClusterConnection,
+        mpsc::UnboundedReceiver<redis::PushInfo>,
+    ),
+}
+
 impl RedisBackplane {
-    /// Connects to Redis at `url` (`redis://` or `rediss://`), registers this
-    /// node and starts its tasks (heartbeat, reaper, connection supervisors,
-    /// pub/sub reader). Fails with `Unavailable` when Redis cannot be reached
-    /// within `command_timeout`.
+    /// Connects to Redis at `url` (`redis://` or `rediss://`), or to a Redis
+    /// Cluster through its seed nodes
+    /// (`redis+cluster://HOST:PORT,HOST:PORT,...`: sharded pub/sub, see
+    /// `docs/redis-cluster.md`), registers this node and starts its tasks
+    /// (heartbeat, reaper, connection supervisors, pub/sub reader). Fails
+    /// with `Unavailable` when Redis cannot be reached within
+    /// `command_timeout`.
     pub async fn connect(
         url: &str,
         node_id: String,
@@ -235,20 +259,35 @@ impl RedisBackplane {
                 "command_timeout must be non-zero".into(),
             ));
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| BackplaneError::Internal(format!("invalid redis url: {e}")))?;
         let timeout = options.command_timeout;
-        let conn = Conn::open(client.clone(), timeout).await?;
         let keys = Keys::new(&options.prefix);
         let probe_channel = keys.probe_channel(&format!("{node_id}#{}", random_token()));
-        let pubsub = tokio::time::timeout(timeout, async {
-            let (mut sink, stream) = client.get_async_pubsub().await?.split();
-            sink.subscribe(&probe_channel).await?;
-            Ok::<_, redis::RedisError>((sink, stream))
-        })
-        .await
-        .map_err(|_| BackplaneError::Unavailable("redis pub/sub connect timed out".into()))?
-        .map_err(|e| conn::map_error("pubsub connect", e))?;
+        let (conn, pubsub) = match cluster::seeds(url) {
+            None => {
+                let client = redis::Client::open(url)
+                    .map_err(|e| BackplaneError::Internal(format!("invalid redis url: {e}")))?;
+                let conn = Conn::open(client.clone(), timeout).await?;
+                let pubsub = tokio::time::timeout(timeout, async {
+                    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                    sink.subscribe(&probe_channel).await?;
+                    Ok::<_, redis::RedisError>((sink, stream))
+                })
+                .await
+                .map_err(|_| BackplaneError::Unavailable("redis pub/sub connect timed out".into()))?
+                .map_err(|e| conn::map_error("pubsub connect", e))?;
+                (
+                    Commands::Single(Box::new(conn)),
+                    PubSub::Single(client, pubsub),
+                )
+            }
+            Some(seeds) => {
+                let seeds = seeds?;
+                let conn = cluster::connect_commands(&seeds, timeout).await?;
+                let (con, pushes) = cluster::connect_pubsub(&seeds, timeout).await?;
+                (Commands::Cluster(conn), PubSub::Cluster(con, pushes))
+            }
+        };
+        let is_cluster = matches!(conn, Commands::Cluster(_));
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
@@ -257,8 +296,8 @@ impl RedisBackplane {
             node_id,
             opts: options,
             keys,
-            scripts: Scripts::new(),
-            client,
+            scripts: Scripts::new(is_cluster),
+            cluster: is_cluster,
             conn,
             probe_channel,
             registered: AtomicBool::new(false),
@@ -283,21 +322,33 @@ impl RedisBackplane {
         shared.registered.store(true, Ordering::SeqCst);
         shared.apply_beat(&beat, &instance);
 
-        let s = shared.clone();
-        shared.tasks.spawn(async move {
-            let s2 = s.clone();
-            s.conn
-                .supervise(&s.cancel, s.backoff_cap(), move || {
-                    // Not ready until a heartbeat confirmed (or restored)
-                    // the registration on the new connection.
-                    s2.registered.store(false, Ordering::SeqCst);
-                    s2.count_reconnect();
-                })
-                .await;
-        });
-        shared
-            .tasks
-            .spawn(pubsub::run(shared.clone(), sub_rx, pubsub));
+        if let Commands::Single(_) = &shared.conn {
+            let s = shared.clone();
+            shared.tasks.spawn(async move {
+                let s2 = s.clone();
+                if let Commands::Single(conn) = &s.conn {
+                    conn.supervise(&s.cancel, s.backoff_cap(), move || {
+                        // Not ready until a heartbeat confirmed (or restored)
+                        // the registration on the new connection.
+                        s2.registered.store(false, Ordering::SeqCst);
+                        s2.count_reconnect();
+                    })
+                    .await;
+                }
+            });
+        }
+        match pubsub {
+            PubSub::Single(client, pubsub) => {
+                shared
+                    .tasks
+                    .spawn(pubsub::run(shared.clone(), client, sub_rx, pubsub));
+            }
+            PubSub::Cluster(con, pushes) => {
+                shared
+                    .tasks
+                    .spawn(cluster::run(shared.clone(), con, sub_rx, pushes));
+            }
+        }
         shared.tasks.spawn(heartbeat_loop(shared.clone()));
         shared.spawn_reaps(beat.claims);
         tracing::info!(node = shared.node_id, instance, "redis backplane connected");
@@ -387,7 +438,7 @@ impl Shared {
     /// connection broken on connection errors, and records metrics.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(AnyConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
@@ -886,6 +937,15 @@ impl Shared {
         Ok(applied == 1)
     }
 
+    /// `PUBLISH` on one Redis, `SPUBLISH` (sharded) on a cluster.
+    fn publish_command(&self) -> &'static str {
+        if self.cluster {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     fn channel(&self, topic: &Topic) -> String {
         match topic {
             Topic::Room(room) => self.keys.room_channel(room),
@@ -949,7 +1009,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => return,
             _ = ticker.tick() => {}
             // Right after a reconnection: re-register without waiting.
-            _ = shared.conn.reconnected.notified() => {}
+            _ = shared.conn.reconnected() => {}
         }
         tokio::select! {
             _ = shared.cancel.cancelled() => return,
@@ -1130,7 +1190,7 @@ impl Backplane for RedisBackplane {
         let _: i64 = s
             .cmd(
                 "typing",
-                redis::cmd("PUBLISH")
+                redis::cmd(s.publish_command())
                     .arg(s.keys.room_channel(room))
                     .arg(payload)
                     .to_owned(),
@@ -1201,20 +1261,38 @@ impl Backplane for RedisBackplane {
     ) -> Result<DirectOutcome> {
         let s = &self.shared;
         let mut inv = s.scripts.direct.prepare_invoke();
-        inv.key(s.keys.dm_seq())
+        // On a cluster the script runs in the recipient's slot (its counter
+        // and channel) and the sender's copy is published separately: the
+        // sender's channel lives in another slot.
+        let (counter, sender_channel) = if s.cluster {
+            (s.keys.user_dm_seq(to), String::new())
+        } else {
+            (s.keys.dm_seq(), s.keys.user_channel(from))
+        };
+        inv.key(counter)
             .arg(from)
             .arg(to)
             .arg(text)
             .arg(s.keys.user_channel(to))
-            .arg(s.keys.user_channel(from))
+            .arg(sender_channel)
             .arg(&origin.node)
             .arg(origin.session);
-        let (delivered, id, ts): (i64, u64, u64) = s.eval("direct", inv).await?;
-        Ok(if delivered == 1 {
-            DirectOutcome::Delivered { id, ts }
-        } else {
-            DirectOutcome::Offline
-        })
+        let (delivered, id, ts, packed): (i64, u64, u64, Vec<u8>) = s.eval("direct", inv).await?;
+        if delivered != 1 {
+            return Ok(DirectOutcome::Offline);
+        }
+        if s.cluster && from != to {
+            // Delivered to the recipient already: a failure here only costs
+            // the sender's other connections their copy.
+            let copy = redis::cmd("SPUBLISH")
+                .arg(s.keys.user_channel(from))
+                .arg(packed)
+                .to_owned();
+            if let Err(e) = s.cmd::<i64>("direct", copy).await {
+                tracing::debug!(error = %e, "publishing the sender's copy of a direct message failed");
+            }
+        }
+        Ok(DirectOutcome::Delivered { id, ts })
     }
 
     async fn create_account(&self, name: &str, password_hash: &str) -> Result<bool> {
@@ -1336,7 +1414,7 @@ mod tests {
 
     #[test]
     fn scripts_compile_into_the_binary() {
-        let s = Scripts::new();
+        let s = Scripts::new(false);
         assert!(s.all().iter().all(|s| s.get_hash().len() == 40));
     }
 }

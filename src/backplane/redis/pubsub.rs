@@ -1,4 +1,6 @@
-//! The node's ONE pub/sub connection. A supervisor task owns it: it applies
+//! The node's ONE pub/sub connection to a single Redis (on a Redis Cluster
+//! the sharded supervisor in `cluster.rs` replaces it and shares
+//! [`Deliver`]). A supervisor task owns it: it applies
 //! subscribe/unsubscribe requests in the order they were queued (coalescing
 //! a burst into one `UNSUBSCRIBE` and one `SUBSCRIBE` with many channels, so
 //! an unsubscribe followed by a subscribe of the same channel keeps it),
@@ -43,14 +45,16 @@ enum Exit {
     Lost,
 }
 
-fn unavailable(what: &str) -> BackplaneError {
+pub(super) fn unavailable(what: &str) -> BackplaneError {
     BackplaneError::Unavailable(format!("redis pub/sub {what}"))
 }
 
 /// Runs the supervisor until the backplane is cancelled. `initial` is the
-/// connection `connect` established (already subscribed to the probe).
+/// connection `connect` established (already subscribed to the probe) from
+/// `client`, which also makes the replacements.
 pub(super) async fn run(
     shared: Arc<Shared>,
+    client: redis::Client,
     mut rx: mpsc::UnboundedReceiver<SubCmd>,
     initial: (PubSubSink, PubSubStream),
 ) {
@@ -60,7 +64,7 @@ pub(super) async fn run(
     loop {
         let (mut sink, stream) = match initial.take() {
             Some(c) => c,
-            None => match reconnect(&shared, &mut rx, &mut desired, &mut backoff).await {
+            None => match reconnect(&shared, &client, &mut rx, &mut desired, &mut backoff).await {
                 Some(c) => c,
                 None => return,
             },
@@ -112,6 +116,7 @@ fn refuse(cmd: SubCmd, desired: &mut HashSet<String>) {
 /// retrying with backoff. `None` when cancelled.
 async fn reconnect(
     shared: &Arc<Shared>,
+    client: &redis::Client,
     rx: &mut mpsc::UnboundedReceiver<SubCmd>,
     desired: &mut HashSet<String>,
     backoff: &mut Backoff,
@@ -130,7 +135,7 @@ async fn reconnect(
         let mut channels: Vec<String> = desired.iter().cloned().collect();
         channels.push(shared.probe_channel.clone());
         let attempt = async {
-            let pubsub = tokio::time::timeout(timeout, shared.client.get_async_pubsub())
+            let pubsub = tokio::time::timeout(timeout, client.get_async_pubsub())
                 .await
                 .map_err(|_| unavailable("connect timed out"))?
                 .map_err(|e| map_error("pubsub connect", e))?;
@@ -308,8 +313,7 @@ async fn read_loop(
     probe_tx: mpsc::UnboundedSender<u64>,
     cancel: CancellationToken,
 ) {
-    let events = shared.events_sender();
-    let mut recent_dm: VecDeque<u64> = VecDeque::with_capacity(DM_MEMORY);
+    let mut deliver = Deliver::new(&shared);
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -326,24 +330,46 @@ async fn read_loop(
             }
             continue;
         }
+        deliver.payload(&shared, msg.get_channel_name(), payload);
+    }
+}
+
+/// Turns channel payloads into events on the node's stream, in arrival
+/// order, dropping the second copy of a direct message that a node
+/// subscribed to both the recipient's and the sender's channel receives
+/// (keyed by recipient and id: on Redis Cluster ids count per recipient).
+pub(super) struct Deliver {
+    events: Option<mpsc::UnboundedSender<Event>>,
+    recent_dm: VecDeque<(String, u64)>,
+}
+
+impl Deliver {
+    /// A deliverer into `shared`'s event stream.
+    pub(super) fn new(shared: &Shared) -> Self {
+        Deliver {
+            events: shared.events_sender(),
+            recent_dm: VecDeque::with_capacity(DM_MEMORY),
+        }
+    }
+
+    /// Decodes one payload received on `channel` and delivers its event.
+    pub(super) fn payload(&mut self, shared: &Shared, channel: &str, payload: &[u8]) {
         let Some(event) = envelope::decode_event(payload) else {
-            tracing::warn!(
-                channel = msg.get_channel_name(),
-                "undecodable backplane payload dropped"
-            );
+            tracing::warn!(channel, "undecodable backplane payload dropped");
             shared.count_error("decode");
-            continue;
+            return;
         };
         if let Event::Direct { message, .. } = &event {
-            if recent_dm.contains(&message.id) {
-                continue;
+            let key = (message.to.clone(), message.id);
+            if self.recent_dm.contains(&key) {
+                return;
             }
-            if recent_dm.len() >= DM_MEMORY {
-                recent_dm.pop_front();
+            if self.recent_dm.len() >= DM_MEMORY {
+                self.recent_dm.pop_front();
             }
-            recent_dm.push_back(message.id);
+            self.recent_dm.push_back(key);
         }
-        if let Some(tx) = &events {
+        if let Some(tx) = &self.events {
             let _ = tx.send(event);
         }
     }

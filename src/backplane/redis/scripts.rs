@@ -6,14 +6,33 @@
 
 use redis::Script;
 
-macro_rules! script {
+macro_rules! source {
     ($file:literal) => {
-        Script::new(concat!(
+        concat!(
             include_str!("scripts/prelude.lua"),
             "\n",
             include_str!(concat!("scripts/", $file))
-        ))
+        )
     };
+}
+
+/// The script as run: verbatim on one Redis; on Redis Cluster every
+/// `PUBLISH` becomes `SPUBLISH` and `PUBSUB NUMSUB` becomes
+/// `PUBSUB SHARDNUMSUB` (sharded pub/sub: the channel hashes to the slot of
+/// the script's keys, so both stay on the shard that runs the script).
+fn script(source: &str, cluster: bool) -> Script {
+    if cluster {
+        Script::new(&sharded(source))
+    } else {
+        Script::new(source)
+    }
+}
+
+/// A script's source rewritten for sharded pub/sub.
+pub(super) fn sharded(source: &str) -> String {
+    source
+        .replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+        .replace("'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'")
 }
 
 /// All scripts of the backplane.
@@ -41,18 +60,19 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    pub(super) fn new() -> Self {
+    /// The scripts for one Redis (`cluster` false) or Redis Cluster.
+    pub(super) fn new(cluster: bool) -> Self {
         Scripts {
-            publish: script!("publish.lua"),
-            join: script!("join.lua"),
-            leave: script!("leave.lua"),
-            sync_room: script!("sync_room.lua"),
-            heartbeat: script!("heartbeat.lua"),
-            lease: script!("lease.lua"),
-            claim_name: script!("claim_name.lua"),
-            release_name: script!("release_name.lua"),
-            direct: script!("direct.lua"),
-            nodes: script!("nodes.lua"),
+            publish: script(source!("publish.lua"), cluster),
+            join: script(source!("join.lua"), cluster),
+            leave: script(source!("leave.lua"), cluster),
+            sync_room: script(source!("sync_room.lua"), cluster),
+            heartbeat: script(source!("heartbeat.lua"), cluster),
+            lease: script(source!("lease.lua"), cluster),
+            claim_name: script(source!("claim_name.lua"), cluster),
+            release_name: script(source!("release_name.lua"), cluster),
+            direct: script(source!("direct.lua"), cluster),
+            nodes: script(source!("nodes.lua"), cluster),
         }
     }
 
@@ -70,5 +90,35 @@ impl Scripts {
             &self.direct,
             &self.nodes,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_scripts_use_sharded_pubsub_only() {
+        for source in [
+            source!("publish.lua"),
+            source!("join.lua"),
+            source!("leave.lua"),
+            source!("sync_room.lua"),
+            source!("direct.lua"),
+        ] {
+            let sharded = sharded(source);
+            assert!(!sharded.contains("'PUBLISH'"), "{sharded}");
+            assert!(!sharded.contains("'NUMSUB'"), "{sharded}");
+        }
+        assert!(sharded(source!("publish.lua")).contains("redis.call('SPUBLISH',"));
+        assert!(sharded(source!("direct.lua")).contains("'SHARDNUMSUB'"));
+        let (single, cluster) = (Scripts::new(false), Scripts::new(true));
+        assert_ne!(single.publish.get_hash(), cluster.publish.get_hash());
+        // Nothing but the publish commands changes.
+        let source = source!("heartbeat.lua");
+        let back = sharded(source)
+            .replace("'SPUBLISH'", "'PUBLISH'")
+            .replace("'SHARDNUMSUB'", "'NUMSUB'");
+        assert_eq!(back, source);
     }
 }
