@@ -152,8 +152,23 @@ pub struct UserLease {
     pub token: Option<String>,
 }
 
+impl UserLease {
+    /// Releases the user now, awaited (dropping the lease releases it in the
+    /// background). On the user's last lease the direct-message subscription
+    /// is dropped before this returns.
+    pub async fn release(mut self) {
+        let user = std::mem::take(&mut self.user);
+        let node = self.node.clone();
+        drop(self);
+        node.detach_user(&user).await;
+    }
+}
+
 impl Drop for UserLease {
     fn drop(&mut self) {
+        if self.user.is_empty() {
+            return; // released already
+        }
         let node = self.node.clone();
         let user = std::mem::take(&mut self.user);
         self.node

@@ -154,16 +154,18 @@ async fn finish(f: Finish) {
         started,
     } = f;
     let metrics = node.metrics.clone();
-    // The session is over: leave every room (the user's last connection
-    // tells the others) and release the user before the closing handshake,
-    // which may take a while with an unresponsive peer.
+    // The session is over: release the user (on its last connection this
+    // drops the direct-message subscription, so once others see `user_left`
+    // a dm to the user answers `user_offline`), leave every room (the
+    // user's last connection tells the others), all before the closing
+    // handshake, which may take a while with an unresponsive peer.
+    lease.release().await;
     for room in rooms {
         if let Err(e) = node.leave(&handle, &room, LeaveReason::Disconnect).await {
             tracing::warn!(room, error = %e, "leave on disconnect failed");
         }
     }
     node.close_session(&handle);
-    drop(lease);
     // Closing handshake: while the writer sends our close frame, keep reading
     // (and discarding) until the peer's close frame or EOF. Dropping a socket
     // with unread input would reset it and could destroy our close frame.
