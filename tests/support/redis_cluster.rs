@@ -6,7 +6,12 @@
 //! one master is down. A master can be stopped (SIGKILL of the PID this
 //! helper started) and restarted on its port: it comes back empty, with its
 //! node id and slots from its `nodes.conf`. Every process is killed and
-//! reaped on drop. Needs `redis-server` and `redis-cli` (Debian/Ubuntu:
+//! reaped on drop. A hash slot can be migrated live from its owner to another
+//! master the way `redis-cli --cluster reshard` does it ([`RedisCluster::
+//! migrate_slot`]: `SETSLOT IMPORTING`/`MIGRATING`, `GETKEYSINSLOT` +
+//! `MIGRATE ... KEYS` until the slot is empty, `SETSLOT NODE` everywhere),
+//! with a hook between the steps so a test can keep traffic flowing in each
+//! intermediate state. Needs `redis-server` and `redis-cli` (Debian/Ubuntu:
 //! `apt-get install redis-server`); `REDIS_SERVER_BIN` / `REDIS_CLI_BIN`
 //! select other paths.
 #![allow(dead_code, unreachable_pub, missing_docs)]
@@ -215,11 +220,108 @@ impl RedisCluster {
 
     /// Index of the master owning `key`'s slot.
     pub fn master_of(&self, key: &str) -> usize {
-        let slot = self.slot(key) as i64;
-        let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query(&mut self.any_connection())
-            .expect("cluster slots");
+        self.owner_of_slot(self.slot(key))
+    }
+
+    /// The cluster node id of master `i` (`CLUSTER MYID`).
+    pub fn node_id(&self, i: usize) -> String {
+        let mut con = self.masters[i].connection().expect("connect to a master");
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut con)
+            .expect("cluster myid")
+    }
+
+    /// Migrates hash slot `slot` live from its owner to master `to`, the
+    /// standard way, calling `between(step)` after each step (the slot is
+    /// then in that intermediate state) so a test can make traffic flow
+    /// through every state:
+    ///
+    /// 1. `"importing"`: `CLUSTER SETSLOT slot IMPORTING src` on the target;
+    /// 2. `"migrating"`: `CLUSTER SETSLOT slot MIGRATING dst` on the source;
+    /// 3. `"moved-keys"`: `CLUSTER GETKEYSINSLOT` + `MIGRATE 127.0.0.1 port ""
+    ///    0 5000 KEYS ...` repeated until the source holds no key of the slot
+    ///    (keys created meanwhile are moved by the next round);
+    /// 4. `"target-owns"`: `CLUSTER SETSLOT slot NODE dst` on the target;
+    /// 5. `"done"`: the same on the source (which then drops its sharded
+    ///    subscriptions of the slot with `sunsubscribe` pushes) and on every
+    ///    other master, then waits until every master's `CLUSTER SLOTS`
+    ///    names the target as the owner.
+    ///
+    /// Returns the number of keys moved.
+    pub fn migrate_slot(&self, slot: u16, to: usize, mut between: impl FnMut(&str)) -> usize {
+        let from = self.owner_of_slot(slot);
+        assert_ne!(from, to, "slot {slot} already lives on master {to}");
+        let (src_id, dst_id) = (self.node_id(from), self.node_id(to));
+        let mut src = self.masters[from].connection().expect("connect to source");
+        let mut dst = self.masters[to].connection().expect("connect to target");
+        let setslot = |con: &mut redis::Connection, state: &str, id: &str| {
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(id)
+                .query(con)
+                .unwrap_or_else(|e| panic!("CLUSTER SETSLOT {slot} {state} {id}: {e}"));
+        };
+        setslot(&mut dst, "IMPORTING", &src_id);
+        between("importing");
+        setslot(&mut src, "MIGRATING", &dst_id);
+        between("migrating");
+        let mut moved = 0;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query(&mut src)
+                .expect("cluster getkeysinslot");
+            if keys.is_empty() {
+                break;
+            }
+            let _: redis::Value = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.masters[to].port)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query(&mut src)
+                .unwrap_or_else(|e| panic!("MIGRATE of slot {slot}: {e}"));
+            moved += keys.len();
+        }
+        between("moved-keys");
+        setslot(&mut dst, "NODE", &dst_id);
+        between("target-owns");
+        setslot(&mut src, "NODE", &dst_id);
+        for (i, m) in self.masters.iter().enumerate() {
+            if i != from && i != to && m.child.is_some() {
+                let mut con = m.connection().expect("connect to a master");
+                setslot(&mut con, "NODE", &dst_id);
+            }
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while (0..self.masters.len())
+            .filter(|i| self.masters[*i].child.is_some())
+            .any(|i| self.owner_seen_by(i, slot) != Some(to))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "slot {slot} not owned by master {to} everywhere:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        between("done");
+        moved
+    }
+
+    /// Index of the master owning `slot`, as master `at` sees it.
+    fn owner_seen_by(&self, at: usize, slot: u16) -> Option<usize> {
+        let mut con = self.masters[at].connection()?;
+        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).ok()?;
+        let slot = i64::from(slot);
         for range in slots {
             let redis::Value::Array(items) = range else {
                 continue;
@@ -232,16 +334,21 @@ impl RedisCluster {
             if (*lo..=*hi).contains(&slot) {
                 if let Some(redis::Value::Array(node)) = items.get(2) {
                     if let Some(redis::Value::Int(port)) = node.get(1) {
-                        return self
-                            .masters
-                            .iter()
-                            .position(|m| i64::from(m.port) == *port)
-                            .expect("slot owner is one of ours");
+                        return self.masters.iter().position(|m| i64::from(m.port) == *port);
                     }
                 }
             }
         }
-        panic!("slot {slot} of {key} has no owner");
+        None
+    }
+
+    /// Index of the master owning `slot` (as the first master that answers
+    /// sees it).
+    pub fn owner_of_slot(&self, slot: u16) -> usize {
+        (0..self.masters.len())
+            .filter(|i| self.masters[*i].child.is_some())
+            .find_map(|i| self.owner_seen_by(i, slot))
+            .unwrap_or_else(|| panic!("slot {slot} has no owner"))
     }
 
     /// Stops master `i` abruptly (SIGKILL of its PID): its shard's data is

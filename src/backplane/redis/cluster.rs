@@ -22,13 +22,27 @@
 //!   address learn the new topology from the `MOVED` it gets.
 //! - per-channel outcomes: a subscription on a shard that is down fails
 //!   alone (`unavailable`); channels on other shards are not affected.
+//! - recovery of room messages lost to a slot move ([`Gaps`]). Sharded
+//!   pub/sub delivers a message only to the subscribers *on the node that
+//!   ran the publish*. While a slot migrates, the publish script runs on
+//!   the target as soon as the room's keys moved there (the crate follows
+//!   the source's `ASK`), and once the target owns the slot it runs there
+//!   for good; but this node's subscription stays on the source until the
+//!   source gives the slot up (`sunsubscribe`) and the re-subscription
+//!   reaches the target. Messages published in that window are acked and
+//!   stored in history but never reach this node live. Room ids are
+//!   gapless per epoch, so the reader tracks the last id it delivered per
+//!   room channel: a message with a higher-than-next id, or a
+//!   re-subscription after a move, makes it read the room's history and
+//!   deliver the missing messages first, in id order; a message already
+//!   delivered that way arrives live later and is dropped.
 //!
 //! Subscribe and unsubscribe requests are applied in call order by one task
 //! (as on one Redis), so a quick unsubscribe/subscribe pair cannot be
 //! reordered; a separate reader task turns pushes into events, so a shard
 //! that is slow to answer a subscription never delays other shards' events.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::map_error;
 use super::pubsub::{unavailable, Deliver, SubCmd};
 use super::Shared;
-use crate::backplane::{BackplaneError, Result};
+use crate::backplane::{BackplaneError, Event, Result};
 
 /// URL scheme of a Redis Cluster backplane.
 pub(super) const SCHEME: &str = "redis+cluster://";
@@ -135,10 +149,12 @@ pub(super) async fn run(
     pushes: mpsc::UnboundedReceiver<PushInfo>,
 ) {
     let (lost_tx, mut lost_rx) = mpsc::unbounded_channel();
+    let (reader_tx, reader_rx) = mpsc::unbounded_channel();
     shared.tasks.spawn(read_pushes(
         shared.clone(),
         pushes,
         lost_tx,
+        reader_rx,
         shared.cancel.clone(),
     ));
     let mut desired: HashSet<String> = HashSet::new();
@@ -160,7 +176,7 @@ pub(super) async fn run(
                         Err(_) => break,
                     }
                 }
-                apply(&shared, &con, &mut desired, burst).await;
+                apply(&shared, &con, &mut desired, burst, &reader_tx).await;
             }
             Some(channel) = lost_rx.recv() => {
                 if desired.contains(&channel) {
@@ -174,6 +190,9 @@ pub(super) async fn run(
                 for (channel, outcome) in subscribe_all(&shared, &con, channels).await {
                     if outcome.is_ok() {
                         lost.remove(&channel);
+                        // Subscribed at the new owner: recover what was
+                        // published there before.
+                        let _ = reader_tx.send(ReaderCmd::CatchUp(channel));
                     }
                 }
             }
@@ -225,6 +244,7 @@ async fn apply(
     con: &ClusterConnection,
     desired: &mut HashSet<String>,
     burst: Vec<SubCmd>,
+    reader: &mpsc::UnboundedSender<ReaderCmd>,
 ) {
     use futures_util::StreamExt;
     let before = desired.clone();
@@ -242,6 +262,9 @@ async fn apply(
     }
     let gone: Vec<String> = before.difference(desired).cloned().collect();
     let new: Vec<String> = desired.difference(&before).cloned().collect();
+    for channel in &gone {
+        let _ = reader.send(ReaderCmd::Forget(channel.clone()));
+    }
     if gone.is_empty() && new.is_empty() {
         for (_, tx) in waiters {
             let _ = tx.send(Ok(()));
@@ -296,18 +319,161 @@ fn bytes(value: &Value) -> Option<&[u8]> {
     }
 }
 
+/// A request of the supervisor to the push reader.
+enum ReaderCmd {
+    /// The channel was re-subscribed after the server dropped it (its slot
+    /// moved): recover the room messages published meanwhile.
+    CatchUp(String),
+    /// The node no longer subscribes the channel.
+    Forget(String),
+}
+
+/// Per room channel: the room, its epoch and the last message id delivered
+/// (see the module docs).
+#[derive(Default)]
+struct Gaps {
+    last: HashMap<String, (String, String, u64)>,
+}
+
+impl Gaps {
+    /// Delivers a room message received live on `channel`, first recovering
+    /// from history the messages of its epoch between the last one delivered
+    /// and it; drops it when it was already delivered.
+    async fn message(
+        &mut self,
+        shared: &Shared,
+        deliver: &mut Deliver,
+        channel: &str,
+        event: Event,
+    ) {
+        let Event::Message { message, epoch, .. } = &event else {
+            deliver.event(event);
+            return;
+        };
+        let (room, id) = (message.room.clone(), message.id);
+        if let Some((_, e, last)) = self.last.get(channel) {
+            if e == epoch {
+                if id <= *last {
+                    return;
+                }
+                if id > last + 1 {
+                    tracing::info!(
+                        room,
+                        from = last + 1,
+                        to = id - 1,
+                        "room messages missed live; recovering them from history"
+                    );
+                    recover(shared, deliver, &room, epoch, *last, Some(id)).await;
+                }
+            }
+        }
+        self.last
+            .insert(channel.to_owned(), (room, epoch.clone(), id));
+        deliver.event(event);
+    }
+
+    /// Delivers what the room of `channel` published after the last message
+    /// delivered (a re-subscription after a slot move).
+    async fn catch_up(&mut self, shared: &Shared, deliver: &mut Deliver, channel: &str) {
+        let Some((room, epoch, last)) = self.last.get(channel).cloned() else {
+            return;
+        };
+        let now = recover(shared, deliver, &room, &epoch, last, None).await;
+        if let Some(entry) = self.last.get_mut(channel) {
+            if entry.1 == epoch && entry.2 < now {
+                entry.2 = now;
+            }
+        }
+    }
+}
+
+/// Reads the room's history and delivers its messages of `epoch` with ids
+/// above `after` (and below `before`), in id order, each with its origin
+/// when this node published it (so it is not echoed to its sender). Returns
+/// the last id delivered (`after` if none). A failed read loses the gap
+/// (logged, counted as a `gap_fill` error): it is not retried.
+async fn recover(
+    shared: &Shared,
+    deliver: &mut Deliver,
+    room: &str,
+    epoch: &str,
+    after: u64,
+    before: Option<u64>,
+) -> u64 {
+    let read = async {
+        let entries: Vec<Vec<u8>> = shared
+            .cmd(
+                "gap_fill",
+                redis::cmd("LRANGE")
+                    .arg(shared.keys.history(room))
+                    .arg(0)
+                    .arg(-1)
+                    .to_owned(),
+            )
+            .await?;
+        // Read after the history: when the epoch is still the same, the
+        // history read belonged to it.
+        let current: Option<String> = shared
+            .cmd(
+                "gap_fill",
+                redis::cmd("GET").arg(shared.keys.epoch(room)).to_owned(),
+            )
+            .await?;
+        Ok::<_, BackplaneError>((entries, current))
+    };
+    let (entries, current) = match read.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(room, error = %e, "could not recover missed room messages");
+            shared.count_error("gap_fill");
+            return after;
+        }
+    };
+    if current.as_deref() != Some(epoch) {
+        return after;
+    }
+    let mut last = after;
+    for message in super::decode_history(room, &entries) {
+        if message.id <= last || before.is_some_and(|b| message.id >= b) {
+            continue;
+        }
+        last = message.id;
+        let origin = shared.own_origin(room, message.id, message.ts);
+        deliver.event(Event::Message {
+            message,
+            epoch: epoch.to_owned(),
+            origin,
+            traceparent: None,
+        });
+    }
+    last
+}
+
 /// Turns pushes into events until cancelled; reports channels the server
-/// unsubscribed us from.
+/// unsubscribed us from, and recovers room messages missed live.
 async fn read_pushes(
     shared: Arc<Shared>,
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     lost: mpsc::UnboundedSender<String>,
+    mut cmds: mpsc::UnboundedReceiver<ReaderCmd>,
     cancel: CancellationToken,
 ) {
     let mut deliver = Deliver::new(&shared);
+    let mut gaps = Gaps::default();
     loop {
         let push = tokio::select! {
             _ = cancel.cancelled() => return,
+            Some(cmd) = cmds.recv() => {
+                match cmd {
+                    ReaderCmd::CatchUp(channel) => {
+                        gaps.catch_up(&shared, &mut deliver, &channel).await;
+                    }
+                    ReaderCmd::Forget(channel) => {
+                        gaps.last.remove(&channel);
+                    }
+                }
+                continue;
+            }
             push = pushes.recv() => push,
         };
         let Some(push) = push else { return };
@@ -317,7 +483,9 @@ async fn read_pushes(
                 let payload = push.data.get(1).and_then(bytes);
                 if let (Some(channel), Some(payload)) = (channel, payload) {
                     let channel = String::from_utf8_lossy(channel);
-                    deliver.payload(&shared, &channel, payload);
+                    if let Some(event) = super::pubsub::decode(&shared, &channel, payload) {
+                        gaps.message(&shared, &mut deliver, &channel, event).await;
+                    }
                 }
             }
             PushKind::SUnsubscribe => {

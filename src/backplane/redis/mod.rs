@@ -58,7 +58,7 @@ mod keys;
 mod pubsub;
 mod scripts;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -90,6 +90,8 @@ const MAX_CLAIMS: usize = 16;
 const CONCURRENCY: usize = 16;
 /// How long `shutdown` waits for the tasks to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
+/// Recent own publishes remembered on a Redis Cluster (see `own_recent`).
+const OWN_RECENT: usize = 1024;
 
 /// Settings of the Redis backplane.
 #[derive(Debug, Clone)]
@@ -206,6 +208,10 @@ struct Shared {
     reaping: Mutex<HashSet<String>>,
     events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
+    /// Redis Cluster: this node's recent publishes (room, id, ts, origin),
+    /// so a message recovered from history after a slot move is still not
+    /// echoed to its sender's connection (see `cluster::Gaps`).
+    own_recent: Mutex<VecDeque<(String, u64, u64, Origin)>>,
     metrics: OnceLock<Arc<Metrics>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -312,6 +318,7 @@ impl RedisBackplane {
             reaping: Mutex::new(HashSet::new()),
             events_tx: Mutex::new(Some(events_tx)),
             sub_tx,
+            own_recent: Mutex::new(VecDeque::new()),
             metrics: OnceLock::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -431,6 +438,24 @@ impl Shared {
         if let Some(m) = self.metrics.get() {
             m.backplane_reconnects.inc();
         }
+    }
+
+    /// Records a message this node published (Redis Cluster only).
+    fn remember_own(&self, room: &str, id: u64, ts: u64, origin: &Origin) {
+        let mut own = lock(&self.own_recent);
+        if own.len() >= OWN_RECENT {
+            own.pop_front();
+        }
+        own.push_back((room.to_owned(), id, ts, origin.clone()));
+    }
+
+    /// The origin of a message this node published recently, if any.
+    fn own_origin(&self, room: &str, id: u64, ts: u64) -> Option<Origin> {
+        lock(&self.own_recent)
+            .iter()
+            .rev()
+            .find(|(r, i, t, _)| *i == id && *t == ts && r == room)
+            .map(|(_, _, _, o)| o.clone())
     }
 
     /// Runs one Redis call on the command connection: fails at once when the
@@ -1067,6 +1092,11 @@ impl Backplane for RedisBackplane {
             .arg(req.origin.as_ref().map(|o| o.session).unwrap_or(0))
             .arg(req.traceparent.as_deref().unwrap_or(""));
         let (duplicate, id, ts): (i64, u64, u64) = s.eval("publish", inv).await?;
+        if s.cluster && duplicate == 0 {
+            if let Some(origin) = &req.origin {
+                s.remember_own(&req.room, id, ts, origin);
+            }
+        }
         Ok(Published {
             id,
             ts,

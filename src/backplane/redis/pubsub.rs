@@ -334,6 +334,17 @@ async fn read_loop(
     }
 }
 
+/// Decodes one payload received on `channel`; `None` (counted, logged) when
+/// malformed.
+pub(super) fn decode(shared: &Shared, channel: &str, payload: &[u8]) -> Option<Event> {
+    let event = envelope::decode_event(payload);
+    if event.is_none() {
+        tracing::warn!(channel, "undecodable backplane payload dropped");
+        shared.count_error("decode");
+    }
+    event
+}
+
 /// Turns channel payloads into events on the node's stream, in arrival
 /// order, dropping the second copy of a direct message that a node
 /// subscribed to both the recipient's and the sender's channel receives
@@ -354,11 +365,13 @@ impl Deliver {
 
     /// Decodes one payload received on `channel` and delivers its event.
     pub(super) fn payload(&mut self, shared: &Shared, channel: &str, payload: &[u8]) {
-        let Some(event) = envelope::decode_event(payload) else {
-            tracing::warn!(channel, "undecodable backplane payload dropped");
-            shared.count_error("decode");
-            return;
-        };
+        if let Some(event) = decode(shared, channel, payload) {
+            self.event(event);
+        }
+    }
+
+    /// Delivers one event.
+    pub(super) fn event(&mut self, event: Event) {
         if let Event::Direct { message, .. } = &event {
             let key = (message.to.clone(), message.id);
             if self.recent_dm.contains(&key) {
