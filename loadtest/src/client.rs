@@ -1414,34 +1414,20 @@ impl Client {
             self.conns += 1;
             let name = self.name.clone();
             let resume = self.resume.clone();
+            let connecting = connect(
+                ctx,
+                self.i,
+                self.role.group,
+                self.conns,
+                &name,
+                resume.as_deref(),
+            );
             let attempt = match self.t.end {
-                Some(end) => match tokio::time::timeout_at(
-                    end,
-                    connect(
-                        ctx,
-                        self.i,
-                        self.role.group,
-                        self.conns,
-                        &name,
-                        resume.as_deref(),
-                    ),
-                )
-                .await
-                {
+                Some(end) => match tokio::time::timeout_at(end, connecting).await {
                     Ok(r) => r,
                     Err(_) => return None,
                 },
-                None => {
-                    connect(
-                        ctx,
-                        self.i,
-                        self.role.group,
-                        self.conns,
-                        &name,
-                        resume.as_deref(),
-                    )
-                    .await
-                }
+                None => connecting.await,
             };
             match attempt {
                 Ok(x) => {

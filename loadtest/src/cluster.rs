@@ -38,6 +38,23 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// A private, non-persistent redis-server on loopback `port`, with its files
+/// and log in `dir`.
+fn redis_command(bin: &str, port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--protected-mode", "yes", "--maxclients", "10000"])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(dir.join("redis.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 /// The relay binary: --relay-bin / RELAY_BIN, else the `relay` beside this
 /// executable (same build profile), else target/release/relay, then
 /// target/debug/relay under the current directory or the repository root.
@@ -165,17 +182,7 @@ impl Cluster {
             cluster.start_redis_cluster(masters, redis)?;
         } else if !embedded {
             let port = free_port()?;
-            let child = Command::new(redis_bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(["--protected-mode", "yes", "--maxclients", "10000"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
+            let child = redis_command(redis_bin, port, &dir)
                 .spawn()
                 .with_context(|| format!("starting {redis_bin}"))?;
             cluster.redis_pid = Some(child.id());
@@ -285,8 +292,7 @@ impl Cluster {
         for port in &ports {
             let dir = self.dir.join(format!("redis-{port}"));
             std::fs::create_dir_all(&dir)?;
-            let child = Command::new(spec.server_bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            let child = redis_command(spec.server_bin, *port, &dir)
                 .args([
                     "--cluster-enabled",
                     "yes",
@@ -294,15 +300,6 @@ impl Cluster {
                     "nodes.conf",
                 ])
                 .args(["--cluster-require-full-coverage", "no"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .args(["--protected-mode", "yes", "--maxclients", "10000"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(dir.join("redis.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", spec.server_bin))?;
             self.redis_pid.get_or_insert(child.id());

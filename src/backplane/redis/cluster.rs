@@ -53,7 +53,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::map_error;
-use super::pubsub::{unavailable, Deliver, SubCmd};
+use super::pubsub::{changes, unavailable, Changes, Deliver, SubCmd};
 use super::Shared;
 use crate::backplane::{BackplaneError, Event, Result};
 
@@ -247,21 +247,7 @@ async fn apply(
     reader: &mpsc::UnboundedSender<ReaderCmd>,
 ) {
     use futures_util::StreamExt;
-    let before = desired.clone();
-    let mut waiters = Vec::new();
-    for cmd in burst {
-        match cmd {
-            SubCmd::Subscribe(channel, tx) => {
-                desired.insert(channel.clone());
-                waiters.push((channel, tx));
-            }
-            SubCmd::Unsubscribe(channel) => {
-                desired.remove(&channel);
-            }
-        }
-    }
-    let gone: Vec<String> = before.difference(desired).cloned().collect();
-    let new: Vec<String> = desired.difference(&before).cloned().collect();
+    let Changes { gone, new, waiters } = changes(desired, burst);
     for channel in &gone {
         let _ = reader.send(ReaderCmd::Forget(channel.clone()));
     }

@@ -230,13 +230,19 @@ async fn serve(
     }
 }
 
-/// Applies a burst of requests in order against the subscribed set.
-async fn apply(
-    shared: &Shared,
-    sink: &mut PubSubSink,
-    desired: &mut HashSet<String>,
-    burst: Vec<SubCmd>,
-) -> std::result::Result<(), ()> {
+/// What a burst of requests changes in the subscribed set.
+pub(super) struct Changes {
+    /// Channels no longer wanted.
+    pub(super) gone: Vec<String>,
+    /// Channels newly wanted.
+    pub(super) new: Vec<String>,
+    /// Who waits for which channel's subscription.
+    pub(super) waiters: Vec<(String, oneshot::Sender<Result<()>>)>,
+}
+
+/// Applies a burst of requests, in order, to `desired` and returns the
+/// difference to carry out on the connection.
+pub(super) fn changes(desired: &mut HashSet<String>, burst: Vec<SubCmd>) -> Changes {
     let before = desired.clone();
     let mut waiters = Vec::new();
     for cmd in burst {
@@ -250,8 +256,21 @@ async fn apply(
             }
         }
     }
-    let gone: Vec<String> = before.difference(desired).cloned().collect();
-    let new: Vec<String> = desired.difference(&before).cloned().collect();
+    Changes {
+        gone: before.difference(desired).cloned().collect(),
+        new: desired.difference(&before).cloned().collect(),
+        waiters,
+    }
+}
+
+/// Applies a burst of requests in order against the subscribed set.
+async fn apply(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    desired: &mut HashSet<String>,
+    burst: Vec<SubCmd>,
+) -> std::result::Result<(), ()> {
+    let Changes { gone, new, waiters } = changes(desired, burst);
     let timeout = shared.opts.command_timeout;
     let started = std::time::Instant::now();
     let mut result = Ok(());
