@@ -830,6 +830,26 @@ impl Client {
         r
     }
 
+    /// Marks `room` as left at `now` (nothing sent later is expected there)
+    /// and sends `leave`.
+    async fn leave(
+        &mut self,
+        ctx: &Ctx,
+        ws: &mut Ws,
+        room: String,
+        now: u64,
+    ) -> Result<(), Outcome> {
+        if let Some(m) = self.rooms.get_mut(&room) {
+            m.end = Some(now);
+            m.live = false;
+        }
+        let r = self.take_ref();
+        self.send_value(ctx, ws, &json!({"type": "leave", "room": room, "ref": r}))
+            .await?;
+        self.c.leaves += 1;
+        Ok(())
+    }
+
     async fn send_value(&self, ctx: &Ctx, ws: &mut Ws, v: &Value) -> Result<(), Outcome> {
         let msg = match ctx.enc {
             Encoding::Json => Message::Text(v.to_string().into()),
@@ -1035,14 +1055,7 @@ impl Client {
                     let now = now_ns();
                     let rooms: Vec<String> = self.rooms.keys().cloned().collect();
                     for room in rooms {
-                        if let Some(m) = self.rooms.get_mut(&room) {
-                            m.end = Some(now);
-                            m.live = false;
-                        }
-                        let r = self.take_ref();
-                        self.send_value(ctx, ws, &json!({"type": "leave", "room": room, "ref": r}))
-                            .await?;
-                        self.c.leaves += 1;
+                        self.leave(ctx, ws, room, now).await?;
                     }
                     if !self.rooms.is_empty() {
                         self.t.retire = Some(Instant::now() + Duration::from_secs(2));
@@ -1063,15 +1076,7 @@ impl Client {
             Action::Extra => {
                 let a = &ctx.spec.args;
                 if let Some(room) = self.extra_room.take() {
-                    let now = now_ns();
-                    if let Some(m) = self.rooms.get_mut(&room) {
-                        m.end = Some(now);
-                        m.live = false;
-                    }
-                    let r = self.take_ref();
-                    self.send_value(ctx, ws, &json!({"type": "leave", "room": room, "ref": r}))
-                        .await?;
-                    self.c.leaves += 1;
+                    self.leave(ctx, ws, room, now_ns()).await?;
                     let d = self.exp(self.role.extra.unwrap_or(15.0));
                     self.t.extra = Some(Instant::now() + Duration::from_secs_f64(d.min(3600.0)));
                 } else {
