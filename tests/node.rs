@@ -746,6 +746,33 @@ async fn health_readiness_and_metrics() {
 }
 
 #[tokio::test]
+async fn a_plain_get_of_ws_tells_why_a_handshake_would_fail() {
+    // What a browser page does to learn why its WebSocket was refused (the
+    // WebSocket API hides the HTTP status): the verdicts come first, the
+    // "not an upgrade" answer last, and nothing is claimed.
+    let node = Node::start(&["--allowed-origins", "http://good.example"]);
+    let (s, body) = get(node.addr, "/ws?user=b@d").await;
+    assert_eq!(s, 400);
+    assert!(body.contains("`user` must match"), "{body}");
+    let (s, body) = get(node.addr, "/ws?user=carol").await;
+    assert_eq!(s, 400, "{body}");
+    assert!(!body.contains("`user` must match"), "{body}");
+    let (status, raw) = http(
+        node.addr,
+        "GET",
+        "/ws?user=carol",
+        &[("Origin", "http://evil.example")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(raw.contains("forbidden_origin"), "{raw}");
+    // The GETs claimed nothing: carol can connect.
+    let mut carol = guest(&node, "carol").await;
+    carol.join("lobby").await;
+}
+
+#[tokio::test]
 async fn drain_closes_with_1001_and_exits_zero() {
     let mut node = Node::start(&["--drain-secs", "1"]);
     let mut clients = Vec::new();

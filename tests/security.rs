@@ -202,6 +202,11 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     }
     let r = Connect::new(node.url()).open().await.err().unwrap();
     assert_eq!(r.status, 401, "no token at all");
+    // A page learns the same with a plain GET (browsers hide the status of
+    // a refused WebSocket).
+    let (status, body) = get(node.addr, "/ws?token=a.b.c").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("unauthorized"), "{body}");
 }
 
 #[tokio::test]

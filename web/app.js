@@ -396,17 +396,19 @@
         return;
       }
       if (diag.status === 401 || diag.code === 'unauthorized') {
-        endSession(S.mode === 'token' ? 'Your session has expired. Please log in again.' : 'The server did not accept this name.');
+        // (A token past its expiry was handled above: this one is forged,
+        // signed with a retired secret, or its account is gone.)
+        endSession(S.mode === 'token' ? 'The server did not accept your session. Please log in again.' : 'The server did not accept this name.');
         return;
       }
       if (diag.status === 403 && diag.code === 'forbidden_origin') {
         endSession('This page is not allowed to connect to the chat server (forbidden origin).');
         return;
       }
-      // A plain GET does not get past the server's upgrade check (it answers
-      // 400 before looking at the name or token), so the real reason of a
-      // refusal (409 name_taken, 401 unauthorized) stays hidden from us: a
-      // 4xx other than 429 only says "reachable, and it refused".
+      // The server answers a plain GET with the origin, name and token
+      // verdicts (403, 400, 401 above) but, since a GET claims nothing, not
+      // with 409 name_taken: a taken name shows as 400 (not an upgrade). So
+      // a 4xx other than 429 here only says "reachable, and it refused".
       const refused = diag.status >= 400 && diag.status < 500 && diag.status !== 429;
       if (S.mode === 'token') {
         // A token the server no longer accepts (forged, signed with a rotated

@@ -114,13 +114,6 @@ async fn check_and_upgrade(
             "node is draining; connect to another node",
         );
     }
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            let status = rejection.status();
-            return refused("not_websocket", status, "invalid", &rejection.body_text());
-        }
-    };
     if let (Some(allowed), Some(origin)) =
         (&app.config.allowed_origins, headers.get(header::ORIGIN))
     {
@@ -210,6 +203,17 @@ async fn check_and_upgrade(
             let left_ms = (claims.exp * 1000).saturating_sub(crate::backplane::now_ms());
             let expires = tokio::time::Instant::now() + std::time::Duration::from_millis(left_ms);
             (claims.sub, Some(expires))
+        }
+    };
+    // Checked only now: a plain GET (what a browser page can send to learn
+    // why its WebSocket was refused; the WebSocket API hides the status)
+    // gets the origin, name and token verdicts above. Nothing is claimed
+    // before this point.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let status = rejection.status();
+            return refused("not_websocket", status, "invalid", &rejection.body_text());
         }
     };
     span.record("user", user.as_str());
