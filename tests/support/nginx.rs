@@ -126,11 +126,26 @@ impl Nginx {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// Stops nginx with SIGTERM (its fast shutdown, which also ends its
+    /// worker processes; a SIGKILL of the master would leave them running,
+    /// still holding the port), and SIGKILL only if it does not exit within
+    /// 5 s.
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
