@@ -230,6 +230,30 @@ struct SendPlan {
     typing: bool,
 }
 
+impl SendPlan {
+    /// A send every `interval` seconds, the first after `phase`.
+    fn fixed(to: SendTo, interval: f64, phase: f64) -> Self {
+        SendPlan {
+            to,
+            interval,
+            phase,
+            poisson: false,
+            typing: false,
+        }
+    }
+
+    /// Sends at Poisson times of mean `interval`, optionally typing first.
+    fn poisson(to: SendTo, interval: f64, typing: bool) -> Self {
+        SendPlan {
+            to,
+            interval,
+            phase: 0.0,
+            poisson: true,
+            typing,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Role {
     /// Number of the home room (or DM pair): selects the target with --affinity room.
@@ -294,13 +318,11 @@ fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
             let p = a.publishers();
             if i < p && a.msg_rate > 0.0 {
                 let iv = p as f64 / a.msg_rate;
-                role.sends.push(SendPlan {
-                    to: SendTo::Room(room),
-                    interval: iv,
-                    phase: iv * i as f64 / p as f64,
-                    poisson: false,
-                    typing: false,
-                });
+                role.sends.push(SendPlan::fixed(
+                    SendTo::Room(room),
+                    iv,
+                    iv * i as f64 / p as f64,
+                ));
             }
         }
         Scenario::Rooms | Scenario::Churn | Scenario::ReconnectStorm => {
@@ -309,13 +331,8 @@ fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
             role.rooms.push(room.clone());
             if r > 0.0 {
                 let phase = random_phase(rng);
-                role.sends.push(SendPlan {
-                    to: SendTo::Room(room),
-                    interval,
-                    phase,
-                    poisson: false,
-                    typing: false,
-                });
+                role.sends
+                    .push(SendPlan::fixed(SendTo::Room(room), interval, phase));
             }
         }
         Scenario::Dm => {
@@ -324,13 +341,8 @@ fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
             let partner = i ^ 1;
             if partner < a.clients && r > 0.0 && ctx.guest() {
                 let phase = random_phase(rng);
-                role.sends.push(SendPlan {
-                    to: SendTo::DmPartner(partner),
-                    interval,
-                    phase,
-                    poisson: false,
-                    typing: false,
-                });
+                role.sends
+                    .push(SendPlan::fixed(SendTo::DmPartner(partner), interval, phase));
             }
         }
         Scenario::Mixed => {
@@ -343,13 +355,8 @@ fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
                 role.rooms.push(room.clone());
                 // Busy rooms: every member chats at 5× the casual rate.
                 if r > 0.0 {
-                    role.sends.push(SendPlan {
-                        to: SendTo::Room(room),
-                        interval: interval / 5.0,
-                        phase: 0.0,
-                        poisson: true,
-                        typing: true,
-                    });
+                    role.sends
+                        .push(SendPlan::poisson(SendTo::Room(room), interval / 5.0, true));
                 }
             } else {
                 let n = (i - l.busy_n) / l.normal_size;
@@ -358,24 +365,14 @@ fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
                 role.rooms.push(room.clone());
                 // 20% chat casually (with typing), 70% idle.
                 if h < 20 && r > 0.0 {
-                    role.sends.push(SendPlan {
-                        to: SendTo::Room(room),
-                        interval,
-                        phase: 0.0,
-                        poisson: true,
-                        typing: true,
-                    });
+                    role.sends
+                        .push(SendPlan::poisson(SendTo::Room(room), interval, true));
                 }
             }
             // 4% send direct messages to random users; 5% wander into other rooms.
             if (20..24).contains(&h) && r > 0.0 && ctx.guest() && a.clients > 1 {
-                role.sends.push(SendPlan {
-                    to: SendTo::DmRandom,
-                    interval,
-                    phase: 0.0,
-                    poisson: true,
-                    typing: false,
-                });
+                role.sends
+                    .push(SendPlan::poisson(SendTo::DmRandom, interval, false));
             }
             if (24..29).contains(&h) && l.normal_rooms > 1 {
                 role.extra = Some(15.0);

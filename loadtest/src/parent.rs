@@ -694,37 +694,20 @@ async fn drive(
     let connect_failures: u64 = counters.connect_fail.values().sum();
     let server_closes: u64 = counters.server_closes.values().sum();
 
-    let mut failures = Vec::new();
-    if acc.lost > 0 {
-        failures.push(format!("{} deliveries lost", acc.lost));
-    }
-    if counters.out_of_order > 0 {
-        failures.push(format!(
-            "{} out-of-order room messages",
-            counters.out_of_order
-        ));
-    }
-    if counters.duplicates + counters.duplicates_of_history > 0 {
-        failures.push(format!(
-            "{} duplicate deliveries",
-            counters.duplicates + counters.duplicates_of_history
-        ));
-    }
-    if acc.duplicate_ids > 0 {
-        failures.push(format!("{} message ids assigned twice", acc.duplicate_ids));
-    }
-    if counters.self_echo > 0 {
-        failures.push(format!(
-            "{} messages echoed to their sender",
-            counters.self_echo
-        ));
-    }
-    if counters.stray > 0 {
-        failures.push(format!("{} messages for rooms not joined", counters.stray));
-    }
-    if server_closes > 0 {
-        failures.push(format!("{server_closes} connections closed by the server"));
-    }
+    let duplicates = counters.duplicates + counters.duplicates_of_history;
+    let mut failures: Vec<String> = [
+        (acc.lost, "deliveries lost"),
+        (counters.out_of_order, "out-of-order room messages"),
+        (duplicates, "duplicate deliveries"),
+        (acc.duplicate_ids, "message ids assigned twice"),
+        (counters.self_echo, "messages echoed to their sender"),
+        (counters.stray, "messages for rooms not joined"),
+        (server_closes, "connections closed by the server"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     if connect_failures > args.allow_connect_failures {
         failures.push(format!("{connect_failures} connect failures"));
     }
