@@ -20,19 +20,9 @@ struct Cluster {
 }
 
 fn node_on(redis: &RedisServer, id: &str, extra: &[&str]) -> Node {
-    let url = redis.url();
-    let mut args = vec![
-        "--redis",
-        url.as_str(),
-        "--node-id",
-        id,
-        "--heartbeat-ms",
-        "200",
-        "--rate",
-        "1000",
-    ];
+    let mut args = vec!["--rate", "1000"];
     args.extend_from_slice(extra);
-    Node::start(&args)
+    Node::in_cluster(&redis.url(), id, &args, &[])
 }
 
 fn cluster(n: usize, redis: RedisServer, extra: &[&str]) -> Cluster {

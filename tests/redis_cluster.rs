@@ -24,19 +24,12 @@ use serde_json::json;
 use support::*;
 
 fn relay_on(cluster: &RedisCluster, id: &str) -> Node {
-    let url = cluster.url();
-    Node::start(&[
-        "--redis",
-        url.as_str(),
-        "--node-id",
+    Node::in_cluster(
+        &cluster.url(),
         id,
-        "--heartbeat-ms",
-        "200",
-        "--redis-timeout-ms",
-        "400",
-        "--rate",
-        "1000",
-    ])
+        &["--redis-timeout-ms", "400", "--rate", "1000"],
+        &[],
+    )
 }
 
 /// One room name per master (index = master), found by slot.

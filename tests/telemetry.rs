@@ -170,20 +170,9 @@ fn otel_env(collector: &Collector) -> Vec<(&'static str, String)> {
 }
 
 fn traced_node(redis: &RedisServer, id: &str, collector: &Collector) -> Node {
-    let url = redis.url();
     let env = otel_env(collector);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Node::start_with_env(
-        &[
-            "--redis",
-            url.as_str(),
-            "--node-id",
-            id,
-            "--heartbeat-ms",
-            "200",
-        ],
-        &env,
-    )
+    Node::in_cluster(&redis.url(), id, &[], &env)
 }
 
 /// One trace shows the `publish` on node A and the `deliver` on node B: the

@@ -50,6 +50,15 @@ impl Node {
         Self::start_on_with_env("127.0.0.1:0", args, envs)
     }
 
+    /// Starts a cluster member: `--redis URL --node-id ID` with a 200 ms
+    /// heartbeat (fast presence expiry and reaping), extra flags and
+    /// environment.
+    pub fn in_cluster(url: &str, id: &str, extra: &[&str], envs: &[(&str, &str)]) -> Node {
+        let mut args = vec!["--redis", url, "--node-id", id, "--heartbeat-ms", "200"];
+        args.extend_from_slice(extra);
+        Self::start_with_env(&args, envs)
+    }
+
     /// Starts `relay serve --listen LISTEN` with extra flags and environment.
     pub fn start_on_with_env(listen: &str, args: &[&str], envs: &[(&str, &str)]) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
