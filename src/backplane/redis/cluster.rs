@@ -336,25 +336,35 @@ impl Gaps {
             deliver.event(event);
             return;
         };
-        let (room, id) = (message.room.clone(), message.id);
-        if let Some((_, e, last)) = self.last.get(channel) {
-            if e == epoch {
-                if id <= *last {
-                    return;
+        let id = message.id;
+        // Updated in place: this runs for every room message.
+        match self.last.get_mut(channel) {
+            Some((room, e, last)) => {
+                if e == epoch {
+                    if id <= *last {
+                        return;
+                    }
+                    if id > *last + 1 {
+                        tracing::info!(
+                            room,
+                            from = *last + 1,
+                            to = id - 1,
+                            "room messages missed live; recovering them from history"
+                        );
+                        recover(shared, deliver, room, epoch, *last, Some(id)).await;
+                    }
+                } else {
+                    e.clone_from(epoch);
                 }
-                if id > last + 1 {
-                    tracing::info!(
-                        room,
-                        from = last + 1,
-                        to = id - 1,
-                        "room messages missed live; recovering them from history"
-                    );
-                    recover(shared, deliver, &room, epoch, *last, Some(id)).await;
-                }
+                *last = id;
+            }
+            None => {
+                self.last.insert(
+                    channel.to_owned(),
+                    (message.room.clone(), epoch.clone(), id),
+                );
             }
         }
-        self.last
-            .insert(channel.to_owned(), (room, epoch.clone(), id));
         deliver.event(event);
     }
 
