@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
-use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::sync::OnceCell;
 use tokio_util::task::TaskTracker;
@@ -22,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{encode, ChatMessage, Encoding, HistoryEntry, LeaveReason, Ref, ServerFrame};
 use crate::session::queue::OutQueue;
 use crate::session::reason::DisconnectReason;
+use crate::session::wire::Frame;
 
 /// How many recent messages a local room keeps to bridge the gap between a
 /// joiner's history read and its registration as a member.
@@ -31,8 +30,8 @@ const RING_LEN: usize = 256;
 /// reference between all local recipients.
 pub struct SharedFrame {
     frame: ServerFrame,
-    json: OnceLock<Message>,
-    msgpack: OnceLock<Message>,
+    json: OnceLock<Frame>,
+    msgpack: OnceLock<Frame>,
 }
 
 impl SharedFrame {
@@ -45,30 +44,28 @@ impl SharedFrame {
         }
     }
 
-    /// The frame as a WebSocket message in `encoding` (cheap clone of shared bytes).
-    pub fn get(&self, encoding: Encoding) -> Message {
+    /// The frame as a WebSocket frame in `encoding` (cheap clone of shared bytes).
+    pub fn get(&self, encoding: Encoding) -> Frame {
         match encoding {
             Encoding::Json => self
                 .json
-                .get_or_init(|| to_message(&self.frame, Encoding::Json))
+                .get_or_init(|| to_wire(&self.frame, Encoding::Json))
                 .clone(),
             Encoding::MsgPack => self
                 .msgpack
-                .get_or_init(|| to_message(&self.frame, Encoding::MsgPack))
+                .get_or_init(|| to_wire(&self.frame, Encoding::MsgPack))
                 .clone(),
         }
     }
 }
 
-/// Encodes one frame as a WebSocket message of the given encoding.
-pub fn to_message(frame: &ServerFrame, encoding: Encoding) -> Message {
+/// Encodes one server frame as a complete WebSocket frame: text for JSON
+/// (serde_json writes UTF-8), binary for MessagePack.
+pub fn to_wire(frame: &ServerFrame, encoding: Encoding) -> Frame {
     let bytes = encode(frame, encoding);
     match encoding {
-        Encoding::Json => match Utf8Bytes::try_from(Bytes::from(bytes)) {
-            Ok(text) => Message::Text(text),
-            Err(_) => Message::Text(Utf8Bytes::from_static("{}")),
-        },
-        Encoding::MsgPack => Message::Binary(Bytes::from(bytes)),
+        Encoding::Json => Frame::text(&bytes),
+        Encoding::MsgPack => Frame::binary(&bytes),
     }
 }
 
@@ -87,7 +84,7 @@ pub struct SessionHandle {
 impl SessionHandle {
     /// Queues a frame encoded for this session.
     pub fn send(&self, frame: &ServerFrame) -> bool {
-        self.queue.push(to_message(frame, self.encoding))
+        self.queue.push(to_wire(frame, self.encoding))
     }
 }
 

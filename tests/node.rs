@@ -800,3 +800,67 @@ async fn drain_closes_with_1001_and_exits_zero() {
     let status = node.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn pings_are_answered_and_sent_on_the_raw_wire() {
+    // The writer frames everything itself (no WebSocket library on the
+    // write path): a client ping gets a pong with the same payload, the
+    // server pings every heartbeat, and a reply larger than 64 KiB (the
+    // 8-byte length form) arrives whole.
+    use futures_util::{SinkExt, StreamExt};
+    let node = Node::start(&["--heartbeat-ms", "300", "--max-text-chars", "4000"]);
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("{}?user=pinger", node.url()))
+            .await
+            .expect("handshake");
+    assert_eq!(response.status(), 101);
+    let next = |m: Option<Result<Message, _>>| m.expect("open").expect("frame");
+    let welcome = next(ws.next().await);
+    assert!(
+        welcome.to_text().unwrap().contains("\"welcome\""),
+        "{welcome:?}"
+    );
+    ws.send(Message::Ping("are you there".into()))
+        .await
+        .unwrap();
+    let mut pong = None;
+    let mut server_pings = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while pong.is_none() || server_pings == 0 {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(m) => match next(m) {
+                Message::Pong(p) => pong = Some(p),
+                Message::Ping(_) => server_pings += 1,
+                other => panic!("unexpected {other:?}"),
+            },
+            Err(_) => panic!("pong {pong:?}, {server_pings} server pings"),
+        }
+    }
+    assert_eq!(&pong.unwrap()[..], b"are you there");
+
+    let text = "x".repeat(4000);
+    let join = json!({"type": "join", "room": "big"}).to_string();
+    ws.send(Message::Text(join.into())).await.unwrap();
+    for i in 0..20 {
+        let send = json!({"type": "send", "room": "big", "text": text, "ref": i});
+        ws.send(Message::Text(send.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let history = json!({"type": "history", "room": "big", "limit": 50, "ref": "h"});
+    ws.send(Message::Text(history.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        let Message::Text(t) = next(m.expect("history in time")) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] == "history" {
+            assert!(t.len() > 65_535, "{} bytes", t.len());
+            assert_eq!(v["messages"].as_array().unwrap().len(), 20);
+            break;
+        }
+    }
+}

@@ -7,10 +7,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tracing::field::Empty;
 use tracing::Instrument;
 
@@ -18,6 +20,102 @@ use super::limits::client_ip;
 use super::{refuse, AppState};
 use crate::node::AttachError;
 use crate::protocol::{is_valid_name, Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
+use crate::session::wire::Transport;
+
+/// A valid WebSocket upgrade request (RFC 6455 §4.2.1), before it is
+/// answered. The 101 response and the upgraded socket are ours, not a
+/// WebSocket library's: the connection's writer sends pre-built frames
+/// straight to the socket (see `session::wire`).
+pub(super) struct WsUpgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+/// Why a request is not a WebSocket upgrade.
+pub(super) struct NotUpgrade(StatusCode, &'static str);
+
+impl IntoResponse for NotUpgrade {
+    fn into_response(self) -> Response {
+        refuse(self.0, "invalid", self.1)
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
+    type Rejection = NotUpgrade;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(NotUpgrade(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket handshake is a GET request",
+            ));
+        }
+        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
+            return Err(NotUpgrade(
+                StatusCode::BAD_REQUEST,
+                "`Connection` header did not include `upgrade`",
+            ));
+        }
+        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
+            return Err(NotUpgrade(
+                StatusCode::BAD_REQUEST,
+                "`Upgrade` header did not include `websocket`",
+            ));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+        {
+            return Err(NotUpgrade(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Version` header must be 13",
+            ));
+        }
+        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+            return Err(NotUpgrade(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` header missing",
+            ));
+        };
+        let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            return Err(NotUpgrade(
+                StatusCode::UPGRADE_REQUIRED,
+                "this connection cannot be upgraded",
+            ));
+        };
+        Ok(WsUpgrade { key, on_upgrade })
+    }
+}
+
+impl WsUpgrade {
+    /// The `101 Switching Protocols` answer, with the chosen subprotocol.
+    fn response(&self, protocol: Option<&'static str>) -> Response {
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let mut response = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(p) = protocol {
+            response = response.header(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        response
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+}
 
 /// Chooses the encoding from `Sec-WebSocket-Protocol`: the first offered
 /// protocol we speak wins; nothing offered means JSON. `Err` when protocols
@@ -75,7 +173,7 @@ pub(super) async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, NotUpgrade>,
 ) -> Response {
     let span = tracing::info_span!(
         "handshake",
@@ -96,7 +194,7 @@ async fn check_and_upgrade(
     peer: SocketAddr,
     headers: HeaderMap,
     query: HashMap<String, String>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<WsUpgrade, NotUpgrade>,
     span: tracing::Span,
 ) -> Response {
     let metrics = app.node.metrics.clone();
@@ -211,9 +309,8 @@ async fn check_and_upgrade(
     // before this point.
     let ws = match ws {
         Ok(ws) => ws,
-        Err(rejection) => {
-            let status = rejection.status();
-            return refused("not_websocket", status, "invalid", &rejection.body_text());
+        Err(NotUpgrade(status, why)) => {
+            return refused("not_websocket", status, "invalid", why);
         }
     };
     span.record("user", user.as_str());
@@ -250,10 +347,8 @@ async fn check_and_upgrade(
             );
         }
     };
-    let ws = match encoding {
-        Some(e) => ws.protocols([e.subprotocol()]),
-        None => ws,
-    };
+    // Echo a subprotocol only when the client offered one.
+    let protocol = encoding.map(Encoding::subprotocol);
     let encoding = encoding.unwrap_or(Encoding::Json);
     let max = app.config.max_frame_bytes as usize;
     let node = app.node.clone();
@@ -265,19 +360,37 @@ async fn check_and_upgrade(
     // handshake's trace), linked to the handshake.
     let session_span = crate::session::session_span(&user, node.id(), peer, ip, encoding);
     session_span.follows_from(&span);
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         // Small: allocated per socket up front; larger frames grow it.
         .read_buffer_size(512)
-        .write_buffer_size(32 * 1024)
-        .on_upgrade(move |socket| {
-            // The connection runs in a task of its own, and axum's upgrade
-            // task (its state machine is three times larger) ends here:
-            // only the connection's state stays resident per socket.
+        // Only control replies that the read side discards are written here.
+        .write_buffer_size(0);
+    let response = ws.response(protocol);
+    let on_upgrade = ws.on_upgrade;
+    // This task ends once the session's task is spawned: only the
+    // connection's own state stays resident per socket.
+    node.clone().tasks.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let (read, prefix, write) = Transport::from_upgraded(upgraded).split();
+            let stream =
+                WebSocketStream::from_partially_read(read, prefix, Role::Server, Some(config))
+                    .await;
             let run = {
                 let _entered = session_span.enter();
                 crate::session::run(
-                    socket,
+                    crate::session::Socket {
+                        reader: stream,
+                        writer: write,
+                    },
                     node.clone(),
                     lease,
                     user,
@@ -293,7 +406,8 @@ async fn check_and_upgrade(
                 }
                 .instrument(session_span),
             );
-            std::future::ready(())
-        })
-        .into_response()
+        }
+        .in_current_span(),
+    );
+    response
 }

@@ -1,22 +1,25 @@
-//! One WebSocket connection. The reader task decodes frames, applies the
-//! token bucket and limits, and runs commands against the node and the
-//! backplane. The writer task drains the bounded outbound queue (feeding
-//! everything queued, then flushing once) and owns pings and the close frame.
+//! One WebSocket connection. The reader task decodes frames (tungstenite),
+//! applies the token bucket and limits, and runs commands against the node
+//! and the backplane. The writer task drains the bounded outbound queue of
+//! pre-built frames (everything queued in vectored writes, see [`wire`]) and
+//! owns pings, pongs and the close frame.
 //! This module knows nothing of Redis: it talks to [`crate::node::Node`] and
 //! the backplane trait.
 
 pub mod limit;
 pub mod queue;
 pub mod reason;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -29,6 +32,18 @@ use crate::protocol::{
 use limit::{TokenBucket, Verdict};
 use queue::Batch;
 use reason::DisconnectReason;
+use wire::{Frame, ReadSide, WriteSide};
+
+/// The reader's side of a connection: tungstenite over the socket's read half.
+pub type WsReader = WebSocketStream<ReadSide>;
+
+/// An upgraded connection's two halves.
+pub struct Socket {
+    /// Decodes the client's frames.
+    pub reader: WsReader,
+    /// Takes the frames the writer task sends.
+    pub writer: WriteSide,
+}
 
 /// Per-connection settings, shared by all sessions of a node.
 #[derive(Debug, Clone)]
@@ -56,7 +71,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `async fn` would also keep its arguments, the socket among them, in every
 /// idle connection's state.)
 pub fn run(
-    socket: WebSocket,
+    socket: Socket,
     node: Arc<Node>,
     lease: UserLease,
     user: String,
@@ -81,7 +96,10 @@ pub fn run(
         heartbeat_ms: config.heartbeat.as_millis() as u64,
     });
 
-    let (sink, mut stream) = socket.split();
+    let Socket {
+        reader: mut stream,
+        writer: sink,
+    } = socket;
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let writer_done = CancellationToken::new();
@@ -132,7 +150,7 @@ struct Finish {
     handle: Arc<SessionHandle>,
     lease: UserLease,
     rooms: HashSet<String>,
-    stream: futures_util::stream::SplitStream<WebSocket>,
+    stream: WsReader,
     writer: tokio::task::JoinHandle<DisconnectReason>,
     read_reason: Option<DisconnectReason>,
     enc_label: crate::metrics::EncodingLabel,
@@ -250,7 +268,7 @@ fn log_disconnect(reason: DisconnectReason, lasted: Duration) {
 
 /// Writes queued frames, pings, and the close frame. Returns why it stopped.
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut sink: WriteSide,
     handle: Arc<SessionHandle>,
     last_seen: Arc<AtomicU64>,
     started: Instant,
@@ -259,14 +277,11 @@ async fn write_loop(
 ) -> DisconnectReason {
     let reason = write_frames(&mut sink, &handle, &last_seen, started, heartbeat).await;
     if reason != DisconnectReason::WriteError {
-        let frame = CloseFrame {
-            code: reason.close_code(),
-            reason: reason.close_text().into(),
-        };
+        let frame = Frame::close(reason.close_code(), reason.close_text());
         // Boxed: its timer would otherwise enlarge every writer's state.
         let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
-            sink.send(Message::Close(Some(frame))).await?;
-            sink.close().await
+            wire::write_frames(&mut sink, std::slice::from_ref(&frame)).await?;
+            sink.flush().await
         }))
         .await;
     }
@@ -275,7 +290,7 @@ async fn write_loop(
 }
 
 async fn write_frames(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    sink: &mut WriteSide,
     handle: &SessionHandle,
     last_seen: &AtomicU64,
     started: Instant,
@@ -301,16 +316,15 @@ async fn write_frames(
         if let Some(DisconnectReason::SlowConsumer) = batch.close {
             return DisconnectReason::SlowConsumer;
         }
-        for frame in batch.frames.drain(..) {
-            if sink.feed(frame).await.is_err() {
-                return DisconnectReason::WriteError;
-            }
+        if ping && batch.close.is_none() {
+            batch.frames.push(Frame::ping());
         }
+        if wire::write_frames(sink, &batch.frames).await.is_err() {
+            return DisconnectReason::WriteError;
+        }
+        batch.frames.clear();
         if let Some(reason) = batch.close {
             return reason;
-        }
-        if ping && sink.feed(Message::Ping(Default::default())).await.is_err() {
-            return DisconnectReason::WriteError;
         }
         if sink.flush().await.is_err() {
             return DisconnectReason::WriteError;
@@ -331,7 +345,7 @@ impl Reader {
     /// decided the close (the writer then sends the close frame).
     async fn read_loop(
         &mut self,
-        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        stream: &mut WsReader,
         last_seen: &AtomicU64,
         started: Instant,
         writer_done: &CancellationToken,
@@ -357,7 +371,11 @@ impl Reader {
                 None => return Some(DisconnectReason::ClientClosed),
                 Some(Err(e)) => return Some(classify(e)),
                 Some(Ok(Message::Close(_))) => return Some(DisconnectReason::ClientClosed),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Ping(data))) => {
+                    self.handle.queue.push(Frame::pong(&data));
+                    continue;
+                }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Text(t))) => (t.into(), Encoding::Json),
                 Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
             };
@@ -616,13 +634,12 @@ fn backplane_error(e: BackplaneError) -> (ErrorCode, String) {
 }
 
 /// Maps a read error of the WebSocket layer to a disconnect reason.
-fn classify(error: axum::Error) -> DisconnectReason {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    let inner = error.into_inner();
-    match inner.downcast_ref::<WsError>() {
-        Some(WsError::Capacity(_)) => DisconnectReason::FrameTooLarge,
-        Some(WsError::Utf8(_)) => DisconnectReason::InvalidUtf8,
-        Some(WsError::Protocol(_)) => DisconnectReason::ProtocolError,
+fn classify(error: tungstenite::Error) -> DisconnectReason {
+    use tungstenite::Error as WsError;
+    match error {
+        WsError::Capacity(_) => DisconnectReason::FrameTooLarge,
+        WsError::Utf8(_) => DisconnectReason::InvalidUtf8,
+        WsError::Protocol(_) => DisconnectReason::ProtocolError,
         _ => DisconnectReason::ClientClosed,
     }
 }

@@ -10,15 +10,15 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use axum::extract::ws::Message;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
 use super::reason::DisconnectReason;
+use super::wire::Frame;
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Message>,
+    items: VecDeque<Frame>,
     close: Option<DisconnectReason>,
 }
 
@@ -35,7 +35,7 @@ pub struct OutQueue {
 #[derive(Default)]
 pub struct Batch {
     /// Frames to write, in order.
-    pub frames: Vec<Message>,
+    pub frames: Vec<Frame>,
     /// Set when the connection must be closed after (or instead of) them.
     pub close: Option<DisconnectReason>,
 }
@@ -69,7 +69,7 @@ impl OutQueue {
 
     /// Queues a frame. Returns false when the queue is closed or was full (in
     /// which case it is now closed as a slow consumer).
-    pub fn push(&self, frame: Message) -> bool {
+    pub fn push(&self, frame: Frame) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
@@ -152,9 +152,9 @@ mod tests {
     #[test]
     fn overflow_closes_as_slow_consumer() {
         let q = OutQueue::new(2);
-        assert!(q.push(Message::Text("a".into())));
-        assert!(q.push(Message::Text("b".into())));
-        assert!(!q.push(Message::Text("c".into())));
+        assert!(q.push(Frame::text(b"a")));
+        assert!(q.push(Frame::text(b"b")));
+        assert!(!q.push(Frame::text(b"c")));
         assert_eq!(q.closed(), Some(DisconnectReason::SlowConsumer));
         let mut b = Batch::default();
         q.take(&mut b);
@@ -166,26 +166,26 @@ mod tests {
     fn overflow_losses_are_counted() {
         let dropped = Counter::default();
         let q = OutQueue::with_drop_counter(2, dropped.clone());
-        assert!(q.push(Message::Text("a".into())));
-        assert!(q.push(Message::Text("b".into())));
+        assert!(q.push(Frame::text(b"a")));
+        assert!(q.push(Frame::text(b"b")));
         assert_eq!(dropped.get(), 0);
-        assert!(!q.push(Message::Text("c".into())));
+        assert!(!q.push(Frame::text(b"c")));
         assert_eq!(dropped.get(), 3, "the backlog and the overflowing frame");
-        assert!(!q.push(Message::Text("d".into())));
+        assert!(!q.push(Frame::text(b"d")));
         assert_eq!(dropped.get(), 4, "frames offered after the overflow");
         let other = OutQueue::with_drop_counter(2, dropped.clone());
         other.close(DisconnectReason::Draining);
-        assert!(!other.push(Message::Text("e".into())));
+        assert!(!other.push(Frame::text(b"e")));
         assert_eq!(dropped.get(), 4, "a closing queue is no overflow");
     }
 
     #[test]
     fn close_keeps_queued_frames_and_first_reason_wins() {
         let q = OutQueue::new(8);
-        q.push(Message::Text("a".into()));
+        q.push(Frame::text(b"a"));
         q.close(DisconnectReason::Draining);
         q.close(DisconnectReason::Policy);
-        assert!(!q.push(Message::Text("b".into())));
+        assert!(!q.push(Frame::text(b"b")));
         let mut b = Batch::default();
         q.take(&mut b);
         assert_eq!(b.frames.len(), 1);
@@ -198,7 +198,7 @@ mod tests {
         let q2 = q.clone();
         let waiter = tokio::spawn(async move { q2.wait().await });
         tokio::task::yield_now().await;
-        q.push(Message::Text("x".into()));
+        q.push(Frame::text(b"x"));
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
             .await
             .expect("woken")
