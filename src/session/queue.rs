@@ -4,10 +4,11 @@
 //! to the socket and flushes once.
 //!
 //! A `std::sync::Mutex` is right here: it is held for a push or a swap, never
-//! across an await. An empty `VecDeque` allocates nothing, which keeps idle
-//! connections small.
+//! across an await. The writer always takes everything, so the queue is a
+//! plain `Vec` swapped with the writer's (emptied) one: no per-frame copy on
+//! the way out, and the two allocations are reused in turn. An empty `Vec`
+//! allocates nothing, which keeps idle connections small.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +19,7 @@ use super::wire::Frame;
 
 #[derive(Default)]
 struct State {
-    items: VecDeque<Frame>,
+    items: Vec<Frame>,
     close: Option<DisconnectReason>,
 }
 
@@ -90,7 +91,7 @@ impl OutQueue {
             return false;
         }
         let wake = state.items.is_empty();
-        state.items.push_back(frame);
+        state.items.push(frame);
         drop(state);
         if wake {
             self.notify.notify_one();
@@ -124,16 +125,17 @@ impl OutQueue {
         self.len() == 0
     }
 
-    /// Takes everything queued (swapping in `spare`, to reuse allocations).
+    /// Takes everything queued: swaps the queue's frames with `out.frames`
+    /// (emptied first, so its allocation is reused by the next pushes).
     pub fn take(&self, out: &mut Batch) {
         out.frames.clear();
+        if out.frames.capacity() > 64 {
+            // Give memory back after a burst.
+            out.frames = Vec::new();
+        }
         if let Ok(mut state) = self.state.lock() {
-            out.frames.extend(state.items.drain(..));
+            std::mem::swap(&mut out.frames, &mut state.items);
             out.close = state.close;
-            if state.items.capacity() > 64 {
-                // Give memory back after a burst.
-                state.items.shrink_to(16);
-            }
         } else {
             out.close = Some(DisconnectReason::Internal);
         }
