@@ -127,6 +127,14 @@ pub struct Config {
     #[arg(long, env = "RELAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
 
+    /// Runtime worker threads (the cores this node uses) [default: the
+    /// CPUs available to the process, cgroup quota included]. Nodes that
+    /// share a machine run best with their share of its cores each: one
+    /// thread per node avoids cross-thread wake-ups and work stealing
+    /// between nodes competing for the same cores (BENCHMARKS.md).
+    #[arg(long, env = "RELAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+
     /// Server ping interval and presence heartbeat, in milliseconds. A
     /// connection silent for twice this long is closed.
     #[arg(long, env = "RELAY_HEARTBEAT_MS", default_value_t = 25_000,

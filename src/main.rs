@@ -29,7 +29,12 @@ fn main() -> anyhow::Result<()> {
             config.node_id = Some(node_id.clone());
             let telemetry =
                 relay::telemetry::init_node(config.log_format, &config.log_level, &node_id);
-            let runtime = tokio::runtime::Runtime::new()?;
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.enable_all();
+            if let Some(n) = config.worker_threads {
+                runtime.worker_threads(n.into());
+            }
+            let runtime = runtime.build()?;
             let result = runtime.block_on(async move {
                 let listener = relay::server::bind_listener(config.listen)?;
                 // One machine-readable line on stdout: scripts and tests read

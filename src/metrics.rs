@@ -218,6 +218,18 @@ impl Metrics {
             "Live nodes of the cluster, as last seen by this node",
             m.cluster_nodes.clone(),
         );
+        // Set once: the runtime's size does not change (0 outside a runtime).
+        let workers: Gauge = Gauge::default();
+        workers.set(
+            tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers() as i64)
+                .unwrap_or(0),
+        );
+        registry.register(
+            "runtime_worker_threads",
+            "Runtime worker threads of this node (--worker-threads)",
+            workers,
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {

@@ -864,3 +864,31 @@ async fn pings_are_answered_and_sent_on_the_raw_wire() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_node_runs_on_the_worker_threads_it_is_given() {
+    // `--worker-threads 1`: a node sharing a machine with other nodes runs
+    // on its share of the cores (BENCHMARKS.md); everything still works.
+    let node = Node::start(&["--worker-threads", "1"]);
+    let mut a = guest(&node, "alice").await;
+    let mut b = guest(&node, "bob").await;
+    a.join("one").await;
+    b.join("one").await;
+    let id = a.say("one", "hi").await;
+    let m = js(&b.recv_type("message").await);
+    assert_eq!(
+        (m["id"].as_u64(), m["text"].as_str()),
+        (Some(id), Some("hi"))
+    );
+    let (_, metrics) = get(node.addr, "/metrics").await;
+    assert!(
+        metrics.contains("relay_runtime_worker_threads 1\n"),
+        "{metrics}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_relay"))
+        .args(["serve", "--worker-threads", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
+}

@@ -252,6 +252,12 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "redis-cli")]
     pub(crate) redis_cli_bin: String,
 
+    /// With --spawn-cluster: runtime threads of each spawned node
+    /// (`relay serve --worker-threads`) [default: cores / nodes, at least
+    /// 1]; 0 leaves the node's own default (every core).
+    #[arg(long, requires = "spawn_cluster")]
+    pub(crate) node_threads: Option<usize>,
+
     /// Extra argument for every spawned `relay serve` (repeatable), e.g.
     /// --server-arg=--rate=100.
     #[arg(long = "server-arg", allow_hyphen_values = true)]

@@ -269,8 +269,13 @@ async fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let nofile = raise_nofile();
     let machine = machine();
 
+    let node_threads = node_threads(&args);
     let mut cluster = match args.spawn_cluster {
         Some(n) => {
+            let mut server_args = args.server_args.clone();
+            if let Some(t) = node_threads {
+                server_args.push(format!("--worker-threads={t}"));
+            }
             let c = Cluster::start(
                 n,
                 args.embedded,
@@ -280,7 +285,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<i32> {
                     cli_bin: &args.redis_cli_bin,
                     masters: args.redis_cluster,
                 },
-                &args.server_args,
+                &server_args,
             )?;
             eprintln!(
                 "spawned {} node(s){} from {} (logs in {})",
@@ -740,6 +745,7 @@ async fn drive(
             "storm_spread_ms": args.storm_spread_ms,
             "seed": args.seed,
             "spawn_cluster": args.spawn_cluster,
+            "node_threads": node_threads(args),
             "redis_cluster_masters": args.redis_cluster,
             "embedded": args.embedded,
             "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -1030,4 +1036,26 @@ async fn drive(
         u8::from(!pass)
     );
     Ok(if pass { 0 } else { 2 })
+}
+
+/// The `--worker-threads` given to each spawned node: `--node-threads`, else
+/// the cores divided among the nodes (at least 1). `None`: the node's own
+/// default (asked for with 0, or set through `--server-arg`).
+fn node_threads(args: &crate::args::RunArgs) -> Option<usize> {
+    let n = args.spawn_cluster?;
+    if args
+        .server_args
+        .iter()
+        .any(|a| a.starts_with("--worker-threads"))
+    {
+        return None;
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
+    match args.node_threads {
+        Some(0) => None,
+        Some(t) => Some(t),
+        None => Some((cores / n.max(1)).max(1)),
+    }
 }
