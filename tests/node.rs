@@ -892,3 +892,51 @@ async fn a_node_runs_on_the_worker_threads_it_is_given() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--worker-threads"));
 }
+
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
+    // A client may send its first frame right behind the upgrade request,
+    // before the 101 arrives: those bytes are read by the HTTP layer and must
+    // reach the WebSocket reader (the upgraded socket is ours, not hyper's).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start(&[]);
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let mut bytes = format!(
+        "GET /ws?user=eager HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        node.addr
+    )
+    .into_bytes();
+    // A masked text frame: {"type":"join","room":"early","ref":1}.
+    let payload = br#"{"type":"join","room":"early","ref":1}"#;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&bytes).await.unwrap();
+
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if text.contains("\"joined\"") {
+            break text;
+        }
+    };
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    // RFC 6455's sample key and its accept value.
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{text}"
+    );
+    assert!(text.contains("\"welcome\""), "{text}");
+    assert!(text.contains("\"room\":\"early\""), "{text}");
+}
