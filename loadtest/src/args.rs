@@ -194,8 +194,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) no_bind: bool,
 
-    /// WebSocket read buffer of each client, bytes (tungstenite zero-fills it
-    /// before every read, so bigger is not free).
+    /// First read size of each client, bytes; reads that come back full
+    /// double it, up to 64 KiB (a backlog then leaves the socket in fewer
+    /// system calls), and a short read resets it.
     #[arg(long, default_value_t = 4096)]
     pub(crate) read_buffer: usize,
 

@@ -10,26 +10,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use relay::protocol::{decode_server_frame, Encoding, Ref, ServerFrame};
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 
 use crate::args::Scenario;
 use crate::common::{new_hist, now_ns, Counters, MemberOut, Ranges, WorkerSpec};
-
-type Ws = WebSocketStream<TcpStream>;
+use crate::wire::{In, Ws, WsError};
 
 /// First source address: 127.0.0.2.
 const SOURCE_BASE: u32 = 0x7f00_0002;
@@ -108,7 +101,6 @@ pub(crate) struct Ctx {
     n_sources: u64,
     pub(crate) connect_first_ns: AtomicU64,
     pub(crate) connect_last_ns: AtomicU64,
-    ws_config: WebSocketConfig,
 }
 
 impl Ctx {
@@ -121,11 +113,6 @@ impl Ctx {
         let per_source = spec.args.per_source.clamp(1, PORT_SPAN);
         let n_sources = spec.args.clients.div_ceil(per_source).max(1);
         let sem = Semaphore::new(spec.connect_concurrency.max(1));
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(spec.args.read_buffer.max(1024))
-            .write_buffer_size(0)
-            .max_message_size(Some(16 << 20))
-            .max_frame_size(Some(16 << 20));
         Ctx {
             enc,
             targets,
@@ -141,7 +128,6 @@ impl Ctx {
             n_sources,
             connect_first_ns: AtomicU64::new(u64::MAX),
             connect_last_ns: AtomicU64::new(0),
-            ws_config,
             spec,
         }
     }
@@ -416,24 +402,13 @@ fn io_cause(e: &std::io::Error) -> String {
     }
 }
 
-fn ws_cause(e: &tungstenite::Error) -> String {
-    use tungstenite::Error as E;
+fn ws_cause(e: &WsError) -> String {
     match e {
-        E::Http(resp) => {
-            let code = resp
-                .body()
-                .as_ref()
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
-            match code {
-                Some(c) => format!("http_{}_{c}", resp.status().as_u16()),
-                None => format!("http_{}", resp.status().as_u16()),
-            }
-        }
-        E::Io(io) => io_cause(io),
-        E::ConnectionClosed | E::AlreadyClosed => "closed".into(),
-        E::Protocol(p) => format!("protocol: {p}"),
-        other => format!("ws: {other}"),
+        WsError::Http(status, Some(code)) => format!("http_{status}_{code}"),
+        WsError::Http(status, None) => format!("http_{status}"),
+        WsError::Io(io) => io_cause(io),
+        WsError::Eof => "eof".into(),
+        WsError::Protocol(p) => format!("protocol: {p}"),
     }
 }
 
@@ -498,19 +473,20 @@ async fn connect(
         Ok(Ok(s)) => s,
     };
     let _ = stream.set_nodelay(true);
-    let mut request = format!("{}{query}", target.url)
-        .into_client_request()
-        .map_err(|e| format!("request: {e}"))?;
-    request.headers_mut().insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(ctx.enc.subprotocol()),
+    let (host, path) = target
+        .url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| format!("bad target url {}", target.url))?;
+    let path = format!("/{path}{query}");
+    let handshake = Ws::handshake(
+        stream,
+        host,
+        &path,
+        ctx.enc.subprotocol(),
+        ctx.spec.args.read_buffer,
     );
-    let (mut ws, _resp) = match timeout(
-        limit,
-        tokio_tungstenite::client_async_with_config(request, stream, Some(ctx.ws_config)),
-    )
-    .await
-    {
+    let mut ws = match timeout(limit, handshake).await {
         Err(_) => return Err("timeout_handshake".into()),
         Ok(Err(e)) => return Err(ws_cause(&e)),
         Ok(Ok(x)) => x,
@@ -524,15 +500,11 @@ async fn connect(
             Ok(Some(Ok(m))) => m,
         };
         let frame = match &msg {
-            Message::Text(t) => decode_server_frame(t.as_bytes(), Encoding::Json),
-            Message::Binary(b) => decode_server_frame(b, Encoding::MsgPack),
-            Message::Close(f) => {
-                return Err(format!(
-                    "closed_before_welcome_{}",
-                    f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005)
-                ))
+            In::Text(t) => decode_server_frame(t, Encoding::Json),
+            In::Binary(b) => decode_server_frame(b, Encoding::MsgPack),
+            In::Close(code) => {
+                return Err(format!("closed_before_welcome_{}", code.unwrap_or(1005)))
             }
-            _ => continue,
         };
         match frame {
             Ok(ServerFrame::Welcome { user, resume, .. }) => {
@@ -848,16 +820,14 @@ impl Client {
     }
 
     async fn send_value(&self, ctx: &Ctx, ws: &mut Ws, v: &Value) -> Result<(), Outcome> {
-        let msg = match ctx.enc {
-            Encoding::Json => Message::Text(v.to_string().into()),
+        let sent = match ctx.enc {
+            Encoding::Json => ws.send_text(v.to_string().as_bytes()).await,
             Encoding::MsgPack => match rmp_serde::to_vec_named(v) {
-                Ok(b) => Message::Binary(b.into()),
+                Ok(b) => ws.send_binary(&b).await,
                 Err(e) => return Err(Outcome::Lost(format!("encode: {e}"))),
             },
         };
-        ws.send(msg)
-            .await
-            .map_err(|e| Outcome::Lost(format!("write_{}", ws_cause(&e))))
+        sent.map_err(|e| Outcome::Lost(format!("write_{}", ws_cause(&e))))
     }
 
     /// After a (re)connection: the inbox and the initial joins.
@@ -988,7 +958,7 @@ impl Client {
                 }
             }
             enum Ev {
-                Ws(Option<Result<Message, tungstenite::Error>>),
+                Ws(Option<Result<In, WsError>>),
                 Start,
                 Timer,
             }
@@ -1165,15 +1135,13 @@ impl Client {
         Ok(())
     }
 
-    fn on_message(&mut self, ctx: &Ctx, msg: Message) -> Option<Outcome> {
+    fn on_message(&mut self, ctx: &Ctx, msg: In) -> Option<Outcome> {
         let (bytes, enc): (&[u8], Encoding) = match &msg {
-            Message::Text(t) => (t.as_bytes(), Encoding::Json),
-            Message::Binary(b) => (b, Encoding::MsgPack),
-            Message::Close(f) => {
-                let code = f.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005);
-                return Some(Outcome::Lost(format!("close_{code}")));
+            In::Text(t) => (t, Encoding::Json),
+            In::Binary(b) => (b, Encoding::MsgPack),
+            In::Close(code) => {
+                return Some(Outcome::Lost(format!("close_{}", code.unwrap_or(1005))));
             }
-            _ => return None,
         };
         let now = now_ns();
         if let Some(m) = fast_message(bytes, enc) {
@@ -1574,7 +1542,7 @@ fn latency_us(text: &str, now: u64) -> Option<u64> {
 }
 
 async fn close_quietly(ws: &mut Ws) {
-    let _ = timeout(Duration::from_millis(300), ws.close(None)).await;
+    let _ = timeout(Duration::from_millis(300), ws.close()).await;
 }
 
 /// Runs client `i` (the `local`-th of its worker) to the end of the run.

@@ -19,6 +19,7 @@ mod cluster;
 mod common;
 mod parent;
 mod procstat;
+mod wire;
 mod worker;
 
 use clap::{Parser, Subcommand};
