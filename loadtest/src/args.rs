@@ -172,7 +172,8 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     pub(crate) leave_grace_ms: u64,
 
-    /// Worker processes [default: from the client count and RLIMIT_NOFILE].
+    /// Worker processes [default: one per core, more when the client count
+    /// needs them under RLIMIT_NOFILE; never more than the clients].
     #[arg(long)]
     pub(crate) workers: Option<usize>,
 
@@ -180,7 +181,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) per_worker: Option<u64>,
 
-    /// Tokio threads per worker [default: cores / workers, at least 1].
+    /// Tokio threads per worker [default: cores / workers, at least 1]. A
+    /// worker with one thread runs a single-threaded runtime: no wake-ups
+    /// or work stealing across threads.
     #[arg(long)]
     pub(crate) threads: Option<usize>,
 

@@ -326,19 +326,22 @@ async fn drive(
         .per_worker
         .unwrap_or_else(|| nofile.saturating_sub(1000).max(100))
         .max(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // One single-threaded worker per core by default: a worker process per
+    // core costs less per delivery than one process whose runtime threads
+    // wake and steal from each other (BENCHMARKS.md, "Load generator cost").
     let workers = args
         .workers
-        .unwrap_or_else(|| clients.div_ceil(per_worker) as usize)
-        .clamp(1, clients as usize);
+        .unwrap_or_else(|| (clients.div_ceil(per_worker) as usize).max(cores))
+        .clamp(1, clients.max(1) as usize);
     if clients.div_ceil(workers as u64) > nofile.saturating_sub(200) {
         bail!(
             "{} clients per worker exceed RLIMIT_NOFILE {nofile}: use more --workers",
             clients.div_ceil(workers as u64)
         );
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let threads = args.threads.unwrap_or((cores / workers).max(1));
 
     let mut servers: Vec<ServerStats> = Vec::new();

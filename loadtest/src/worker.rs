@@ -76,10 +76,16 @@ pub(crate) fn main() -> anyhow::Result<()> {
         .context("reading the worker spec")?;
     let spec: WorkerSpec = serde_json::from_str(&line).context("parsing the worker spec")?;
     raise_nofile();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(spec.threads.max(1))
-        .enable_all()
-        .build()?;
+    let rt = if spec.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(spec.threads)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(run(spec))
 }
 
