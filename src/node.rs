@@ -17,7 +17,9 @@ use crate::backplane::{
     now_ms, BackplaneError, Claim, Event, Origin, RoomSnapshot, SharedBackplane, Topic,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{encode, ChatMessage, Encoding, HistoryEntry, LeaveReason, Ref, ServerFrame};
+use crate::protocol::{
+    encode_into, ChatMessage, Encoding, HistoryEntry, LeaveReason, Ref, ServerFrame,
+};
 use crate::session::queue::OutQueue;
 use crate::session::reason::DisconnectReason;
 use crate::session::wire::Frame;
@@ -62,11 +64,9 @@ impl SharedFrame {
 /// Encodes one server frame as a complete WebSocket frame: text for JSON
 /// (serde_json writes UTF-8), binary for MessagePack.
 pub fn to_wire(frame: &ServerFrame, encoding: Encoding) -> Frame {
-    let bytes = encode(frame, encoding);
-    match encoding {
-        Encoding::Json => Frame::text(&bytes),
-        Encoding::MsgPack => Frame::binary(&bytes),
-    }
+    Frame::encoded(encoding == Encoding::Json, |out| {
+        encode_into(frame, encoding, out)
+    })
 }
 
 /// A local connection as the node sees it.

@@ -63,10 +63,22 @@ impl DecodeError {
 
 /// Serializes a server frame in the given encoding.
 pub fn encode(frame: &ServerFrame, encoding: Encoding) -> Vec<u8> {
-    match encoding {
-        // Serializing these plain data types cannot fail.
-        Encoding::Json => serde_json::to_vec(frame).unwrap_or_default(),
-        Encoding::MsgPack => rmp_serde::to_vec_named(frame).unwrap_or_default(),
+    let mut out = Vec::with_capacity(128);
+    encode_into(frame, encoding, &mut out);
+    out
+}
+
+/// Appends the encoding of `frame` to `out` (what [`encode`] returns).
+pub fn encode_into(frame: &ServerFrame, encoding: Encoding, out: &mut Vec<u8>) {
+    let start = out.len();
+    // Serializing these plain data types cannot fail; if it did, nothing
+    // half-written is left behind.
+    let ok = match encoding {
+        Encoding::Json => serde_json::to_writer(&mut *out, frame).is_ok(),
+        Encoding::MsgPack => rmp_serde::encode::write_named(out, frame).is_ok(),
+    };
+    if !ok {
+        out.truncate(start);
     }
 }
 

@@ -5,7 +5,7 @@ mod codec;
 mod frames;
 mod validate;
 
-pub use codec::{decode_command, decode_server_frame, encode, DecodeError, Encoding};
+pub use codec::{decode_command, decode_server_frame, encode, encode_into, DecodeError, Encoding};
 pub use frames::*;
 pub use validate::{is_valid_name, validate_text, Limits, TextError};
 

@@ -52,6 +52,21 @@ impl Frame {
         Self::build(OP_BINARY, payload)
     }
 
+    /// A data frame whose payload `write` appends to the buffer it is given:
+    /// the payload is encoded in place behind room for the longest header,
+    /// and the header is then written right before it (no second copy).
+    /// `text`: a text frame (the payload must be UTF-8), else binary.
+    pub fn encoded(text: bool, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut buf = Vec::with_capacity(160);
+        buf.resize(MAX_HEADER, 0);
+        write(&mut buf);
+        let opcode = if text { OP_TEXT } else { OP_BINARY };
+        let (header, n) = header(opcode, buf.len() - MAX_HEADER);
+        let start = MAX_HEADER - n;
+        buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
+        Frame(Bytes::from(buf).slice(start..))
+    }
+
     /// A ping frame without payload.
     pub fn ping() -> Self {
         Frame(Bytes::from_static(&[0x80 | OP_PING, 0]))
@@ -76,18 +91,9 @@ impl Frame {
     }
 
     fn build(opcode: u8, payload: &[u8]) -> Self {
-        let len = payload.len();
-        let mut buf = BytesMut::with_capacity(len + 10);
-        buf.put_u8(0x80 | opcode);
-        if len < 126 {
-            buf.put_u8(len as u8);
-        } else if len <= u16::MAX as usize {
-            buf.put_u8(126);
-            buf.put_u16(len as u16);
-        } else {
-            buf.put_u8(127);
-            buf.put_u64(len as u64);
-        }
+        let (header, n) = header(opcode, payload.len());
+        let mut buf = BytesMut::with_capacity(n + payload.len());
+        buf.put_slice(&header[..n]);
         buf.put_slice(payload);
         Frame(buf.freeze())
     }
@@ -111,6 +117,27 @@ impl Frame {
     /// The opcode (0x1 text, 0x2 binary, 0x8 close, 0x9 ping, 0xA pong).
     pub fn opcode(&self) -> u8 {
         self.0[0] & 0x0f
+    }
+}
+
+/// The longest frame header of a server frame (no mask).
+const MAX_HEADER: usize = 10;
+
+/// The header of an unmasked final frame: its bytes and their count.
+fn header(opcode: u8, len: usize) -> ([u8; MAX_HEADER], usize) {
+    let mut h = [0u8; MAX_HEADER];
+    h[0] = 0x80 | opcode;
+    if len < 126 {
+        h[1] = len as u8;
+        (h, 2)
+    } else if len <= u16::MAX as usize {
+        h[1] = 126;
+        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        (h, 4)
+    } else {
+        h[1] = 127;
+        h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (h, 10)
     }
 }
 
@@ -299,6 +326,17 @@ mod tests {
         assert_eq!(&big.as_bytes()[..2], &[0x81, 127]);
         assert_eq!(&big.as_bytes()[2..10], &70_000u64.to_be_bytes());
         assert_eq!(big.payload().len(), 70_000);
+    }
+
+    #[test]
+    fn frames_encoded_in_place_match_copied_ones() {
+        for len in [0usize, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let in_place = Frame::encoded(true, |out| out.extend_from_slice(&payload));
+            assert_eq!(in_place, Frame::text(&payload), "{len} bytes");
+            let binary = Frame::encoded(false, |out| out.extend_from_slice(&payload));
+            assert_eq!(binary, Frame::binary(&payload), "{len} bytes");
+        }
     }
 
     #[test]
