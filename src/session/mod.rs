@@ -1,8 +1,8 @@
 //! One WebSocket connection. The reader task decodes frames (tungstenite),
 //! applies the token bucket and limits, and runs commands against the node
 //! and the backplane. The writer task drains the bounded outbound queue of
-//! pre-built frames (everything queued in vectored writes, see [`wire`]) and
-//! owns pings, pongs and the close frame.
+//! pre-built frames (everything queued, in as few `send()` calls as the
+//! socket takes, see [`wire`]) and owns pings, pongs and the close frame.
 //! This module knows nothing of Redis: it talks to [`crate::node::Node`] and
 //! the backplane trait.
 
