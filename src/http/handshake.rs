@@ -1,8 +1,10 @@
 //! `GET /ws`: everything is checked before the upgrade completes, and every
 //! refusal is an HTTP response with a JSON body (PROTOCOL §1), never an
-//! upgraded socket that is then closed. Order: draining, upgrade headers,
-//! origin, capacity, per-IP limit, subprotocol, identity (guest name claim or
-//! token), per-user limit.
+//! upgraded socket that is then closed. Order: draining, origin, capacity,
+//! per-IP limit, subprotocol, identity (a valid guest name, or a verified
+//! token), the upgrade headers (so a plain GET learns the verdicts above),
+//! then the name claim and the per-user limit. The `101` answer is built
+//! here, and the upgraded socket goes to the session (`session::wire`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
