@@ -16,7 +16,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
@@ -44,27 +44,19 @@ pub struct Frame(Bytes);
 impl Frame {
     /// A text frame. `payload` must be UTF-8 (the caller's encoder ensures it).
     pub fn text(payload: &[u8]) -> Self {
-        Self::build(OP_TEXT, payload)
+        Self::written(OP_TEXT, |out| out.extend_from_slice(payload))
     }
 
     /// A binary frame.
     pub fn binary(payload: &[u8]) -> Self {
-        Self::build(OP_BINARY, payload)
+        Self::written(OP_BINARY, |out| out.extend_from_slice(payload))
     }
 
-    /// A data frame whose payload `write` appends to the buffer it is given:
-    /// the payload is encoded in place behind room for the longest header,
-    /// and the header is then written right before it (no second copy).
-    /// `text`: a text frame (the payload must be UTF-8), else binary.
+    /// A data frame whose payload `write` appends to the buffer it is given
+    /// (no copy of an encoded payload). `text`: a text frame (the payload
+    /// must be UTF-8), else binary.
     pub fn encoded(text: bool, write: impl FnOnce(&mut Vec<u8>)) -> Self {
-        let mut buf = Vec::with_capacity(160);
-        buf.resize(MAX_HEADER, 0);
-        write(&mut buf);
-        let opcode = if text { OP_TEXT } else { OP_BINARY };
-        let (header, n) = header(opcode, buf.len() - MAX_HEADER);
-        let start = MAX_HEADER - n;
-        buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
-        Frame(Bytes::from(buf).slice(start..))
+        Self::written(if text { OP_TEXT } else { OP_BINARY }, write)
     }
 
     /// A ping frame without payload.
@@ -74,7 +66,8 @@ impl Frame {
 
     /// The pong answering a ping with `payload` (cut to 125 bytes).
     pub fn pong(payload: &[u8]) -> Self {
-        Self::build(OP_PONG, &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)])
+        let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
+        Self::written(OP_PONG, |out| out.extend_from_slice(payload))
     }
 
     /// A close frame with a status code and a reason (cut to fit 125 bytes
@@ -84,18 +77,22 @@ impl Frame {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let mut payload = Vec::with_capacity(2 + end);
-        payload.extend_from_slice(&code.to_be_bytes());
-        payload.extend_from_slice(&reason.as_bytes()[..end]);
-        Self::build(OP_CLOSE, &payload)
+        Self::written(OP_CLOSE, |out| {
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(&reason.as_bytes()[..end]);
+        })
     }
 
-    fn build(opcode: u8, payload: &[u8]) -> Self {
-        let (header, n) = header(opcode, payload.len());
-        let mut buf = BytesMut::with_capacity(n + payload.len());
-        buf.put_slice(&header[..n]);
-        buf.put_slice(payload);
-        Frame(buf.freeze())
+    /// Every frame is built here: the payload is written behind room for
+    /// the longest header, and the header then goes right before it.
+    fn written(opcode: u8, write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut buf = Vec::with_capacity(MAX_HEADER + 150);
+        buf.resize(MAX_HEADER, 0);
+        write(&mut buf);
+        let (header, n) = header(opcode, buf.len() - MAX_HEADER);
+        let start = MAX_HEADER - n;
+        buf[start..MAX_HEADER].copy_from_slice(&header[..n]);
+        Frame(Bytes::from(buf).slice(start..))
     }
 
     /// The frame's bytes as they go on the wire.
@@ -104,7 +101,8 @@ impl Frame {
     }
 
     /// The payload (the bytes after the header).
-    pub fn payload(&self) -> &[u8] {
+    #[cfg(test)]
+    fn payload(&self) -> &[u8] {
         let b = &self.0;
         let start = match b[1] & 0x7f {
             126 => 4,
@@ -115,7 +113,8 @@ impl Frame {
     }
 
     /// The opcode (0x1 text, 0x2 binary, 0x8 close, 0x9 ping, 0xA pong).
-    pub fn opcode(&self) -> u8 {
+    #[cfg(test)]
+    fn opcode(&self) -> u8 {
         self.0[0] & 0x0f
     }
 }
