@@ -42,13 +42,20 @@ impl IntoResponse for NotUpgrade {
     }
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// The comma-separated tokens of every `name` header, trimmed, empty ones
+/// skipped.
+fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)
-        .iter()
+        .into_iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
@@ -123,19 +130,12 @@ impl WsUpgrade {
 /// protocol we speak wins; nothing offered means JSON. `Err` when protocols
 /// were offered but none is ours.
 fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, ()> {
-    let offered: Vec<String> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| !p.is_empty())
-        .collect();
-    if offered.is_empty() {
+    let mut offered = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).peekable();
+    if offered.peek().is_none() {
         return Ok(None);
     }
-    for p in &offered {
-        match p.as_str() {
+    for p in offered {
+        match p {
             SUBPROTOCOL_JSON => return Ok(Some(Encoding::Json)),
             SUBPROTOCOL_MSGPACK => return Ok(Some(Encoding::MsgPack)),
             _ => {}
