@@ -397,16 +397,7 @@ async fn recover(
     before: Option<u64>,
 ) -> u64 {
     let read = async {
-        let entries: Vec<Vec<u8>> = shared
-            .cmd(
-                "gap_fill",
-                redis::cmd("LRANGE")
-                    .arg(shared.keys.history(room))
-                    .arg(0)
-                    .arg(-1)
-                    .to_owned(),
-            )
-            .await?;
+        let messages = shared.read_history("gap_fill", room).await?;
         // Read after the history: when the epoch is still the same, the
         // history read belonged to it.
         let current: Option<String> = shared
@@ -415,9 +406,9 @@ async fn recover(
                 redis::cmd("GET").arg(shared.keys.epoch(room)).to_owned(),
             )
             .await?;
-        Ok::<_, BackplaneError>((entries, current))
+        Ok::<_, BackplaneError>((messages, current))
     };
-    let (entries, current) = match read.await {
+    let (messages, current) = match read.await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(room, error = %e, "could not recover missed room messages");
@@ -429,7 +420,7 @@ async fn recover(
         return after;
     }
     let mut last = after;
-    for message in super::decode_history(room, &entries) {
+    for message in messages {
         if message.id <= last || before.is_some_and(|b| message.id >= b) {
             continue;
         }

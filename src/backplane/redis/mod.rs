@@ -535,6 +535,16 @@ impl Shared {
         .await
     }
 
+    /// The room's whole stored history (at most the cap), oldest first;
+    /// `op` labels the call in metrics.
+    async fn read_history(&self, op: &'static str, room: &str) -> Result<Vec<ChatMessage>> {
+        let key = self.keys.history(room);
+        let entries: Vec<Vec<u8>> = self
+            .cmd(op, redis::cmd("LRANGE").arg(key).arg(0).arg(-1).to_owned())
+            .await?;
+        Ok(decode_history(room, &entries))
+    }
+
     async fn load_scripts(&self) -> Result<()> {
         for script in self.scripts.all() {
             let invocation = script.prepare_invoke();
@@ -1185,18 +1195,8 @@ impl Backplane for RedisBackplane {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ChatMessage>> {
-        let s = &self.shared;
-        let entries: Vec<Vec<u8>> = s
-            .cmd(
-                "history",
-                redis::cmd("LRANGE")
-                    .arg(s.keys.history(room))
-                    .arg(0)
-                    .arg(-1)
-                    .to_owned(),
-            )
-            .await?;
-        Ok(page(&decode_history(room, &entries), before, limit))
+        let messages = self.shared.read_history("history", room).await?;
+        Ok(page(&messages, before, limit))
     }
 
     async fn presence(&self, room: &str) -> Result<Vec<String>> {
