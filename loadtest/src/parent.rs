@@ -172,9 +172,7 @@ fn fmt_n(n: u64) -> String {
 }
 
 fn machine() -> serde_json::Value {
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let nproc = cores();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_kb: u64 = meminfo
         .lines()
@@ -303,7 +301,15 @@ async fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     resolve_targets(&args.urls)?;
-    let result = drive(&args, &warnings, nofile, machine, cluster.as_ref()).await;
+    let result = drive(
+        &args,
+        &warnings,
+        nofile,
+        machine,
+        cluster.as_ref(),
+        node_threads,
+    )
+    .await;
     if let Some(c) = cluster.as_mut() {
         c.stop();
     }
@@ -317,6 +323,7 @@ async fn drive(
     nofile: u64,
     machine: serde_json::Value,
     cluster: Option<&Cluster>,
+    node_threads: Option<usize>,
 ) -> anyhow::Result<i32> {
     for w in warnings {
         eprintln!("warning: {w}");
@@ -326,9 +333,7 @@ async fn drive(
         .per_worker
         .unwrap_or_else(|| nofile.saturating_sub(1000).max(100))
         .max(1);
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = cores();
     // One single-threaded worker per core by default: a worker process per
     // core costs less per delivery than one process whose runtime threads
     // wake and steal from each other (BENCHMARKS.md, "Load generator cost").
@@ -748,7 +753,7 @@ async fn drive(
             "storm_spread_ms": args.storm_spread_ms,
             "seed": args.seed,
             "spawn_cluster": args.spawn_cluster,
-            "node_threads": node_threads(args),
+            "node_threads": node_threads,
             "redis_cluster_masters": args.redis_cluster,
             "embedded": args.embedded,
             "command": std::env::args().collect::<Vec<_>>().join(" "),
@@ -1053,12 +1058,17 @@ fn node_threads(args: &crate::args::RunArgs) -> Option<usize> {
     {
         return None;
     }
-    let cores = std::thread::available_parallelism()
-        .map(|c| c.get())
-        .unwrap_or(1);
+    let cores = cores();
     match args.node_threads {
         Some(0) => None,
         Some(t) => Some(t),
         None => Some((cores / n.max(1)).max(1)),
     }
+}
+
+/// The CPUs this process may use.
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
