@@ -114,16 +114,14 @@ impl Ws {
             return Err(WsError::Protocol("wrong Sec-WebSocket-Accept"));
         }
         buf.advance(head_len);
-        let seed = key.bytes().fold(0x9e37_79b9u32, |h, b| {
-            h.rotate_left(5) ^ u32::from(b).wrapping_mul(0x0100_0193)
-        });
         Ok(Ws {
             stream,
             buf,
             read_size: read_size.max(1024),
             min_read: read_size.max(1024),
             pending: Vec::new(),
-            mask_state: seed | 1,
+            // Any non-zero start works for xorshift.
+            mask_state: rand::random::<u32>() | 1,
         })
     }
 
