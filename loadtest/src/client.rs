@@ -46,6 +46,10 @@ pub(crate) struct Live {
 /// The histograms of a worker, sharded by client to avoid contention.
 pub(crate) struct HistSet {
     pub(crate) latency: Histogram<u64>,
+    /// Deliveries whose sender was connected to the receiver's node.
+    pub(crate) latency_same_node: Histogram<u64>,
+    /// Deliveries that crossed from the sender's node to another.
+    pub(crate) latency_cross_node: Histogram<u64>,
     pub(crate) connect: Histogram<u64>,
     pub(crate) ack: Histogram<u64>,
     pub(crate) recovery: Histogram<u64>,
@@ -57,6 +61,8 @@ impl HistSet {
     pub(crate) fn new() -> Self {
         HistSet {
             latency: new_hist(),
+            latency_same_node: new_hist(),
+            latency_cross_node: new_hist(),
             connect: new_hist(),
             ack: new_hist(),
             recovery: new_hist(),
@@ -67,6 +73,8 @@ impl HistSet {
 
     pub(crate) fn add(&mut self, o: &HistSet) {
         let _ = self.latency.add(&o.latency);
+        let _ = self.latency_same_node.add(&o.latency_same_node);
+        let _ = self.latency_cross_node.add(&o.latency_cross_node);
         let _ = self.connect.add(&o.connect);
         let _ = self.ack.add(&o.ack);
         let _ = self.recovery.add(&o.recovery);
@@ -416,6 +424,8 @@ fn ws_cause(e: &WsError) -> String {
 struct Welcome {
     user: String,
     resume: Option<String>,
+    /// The node that holds the connection.
+    node: String,
 }
 
 async fn connect(
@@ -507,12 +517,14 @@ async fn connect(
             }
         };
         match frame {
-            Ok(ServerFrame::Welcome { user, resume, .. }) => {
+            Ok(ServerFrame::Welcome {
+                user, resume, node, ..
+            }) => {
                 let us = started.elapsed().as_micros() as u64;
                 if let Ok(mut h) = ctx.hists[(i as usize) % HIST_SHARDS].lock() {
                     h.connect.saturating_record(us.max(1));
                 }
-                return Ok((ws, Welcome { user, resume }));
+                return Ok((ws, Welcome { user, resume, node }));
             }
             Ok(_) => continue,
             Err(e) => return Err(format!("bad_welcome: {e}")),
@@ -668,6 +680,9 @@ struct Client {
     conns: u64,
     name: String,
     resume: Option<String>,
+    /// The node of the current connection (from `welcome`), which every
+    /// sent text carries so receivers can tell cross-node deliveries.
+    node: String,
     role: Role,
     c: Counters,
     rooms: RoomMap,
@@ -677,7 +692,8 @@ struct Client {
     joins: HashMap<i64, (String, JoinKind)>,
     next_ref: i64,
     acks: Vec<(String, u64, u64, u64)>,
-    lat_buf: Vec<u64>,
+    /// Latencies not yet recorded, with where they came from.
+    lat_buf: Vec<(u64, Origin)>,
     unflushed_recv: u64,
     unflushed_sent: u64,
     unflushed_acked: u64,
@@ -709,6 +725,7 @@ impl Client {
             conns: 0,
             name: ctx.user_name(i, 0),
             resume: None,
+            node: String::new(),
             role,
             c: Counters::default(),
             rooms: RoomMap::default(),
@@ -760,8 +777,14 @@ impl Client {
     fn flush(&mut self, ctx: &Ctx, now: u64) {
         if !self.lat_buf.is_empty() {
             if let Ok(mut h) = ctx.hists[(self.i as usize) % HIST_SHARDS].lock() {
-                for &v in &self.lat_buf {
-                    h.latency.saturating_record(v.max(1));
+                for &(v, origin) in &self.lat_buf {
+                    let v = v.max(1);
+                    h.latency.saturating_record(v);
+                    match origin {
+                        Origin::SameNode => h.latency_same_node.saturating_record(v),
+                        Origin::CrossNode => h.latency_cross_node.saturating_record(v),
+                        Origin::Unknown => {}
+                    }
                 }
             }
             self.lat_buf.clear();
@@ -834,6 +857,7 @@ impl Client {
     async fn on_connected(&mut self, ctx: &Ctx, ws: &mut Ws, w: Welcome) -> Result<(), Outcome> {
         self.name = w.user;
         self.resume = w.resume;
+        self.node = w.node;
         if self.role.inbox && self.inbox.is_none() {
             self.inbox = Some(Member::new(format!("d:{}", self.name), 0, String::new()));
         }
@@ -1111,7 +1135,10 @@ impl Client {
             }
         };
         self.seq += 1;
-        let text = format!("t={now} s={} c={}{}", self.seq, self.i, self.pad);
+        let text = format!(
+            "t={now} n={} s={} c={}{}",
+            self.node, self.seq, self.i, self.pad
+        );
         let r = self.take_ref();
         let v = match (&room, &to) {
             (Some(room), _) => json!({"type": "send", "room": room, "text": text, "ref": r}),
@@ -1160,7 +1187,7 @@ impl Client {
     }
 
     fn on_room_message(&mut self, room: &str, id: u64, text: &str, now: u64) {
-        let lat = latency_us(text, now);
+        let lat = self.stamp(text, now);
         let Some(member) = self.rooms.get_mut(room) else {
             self.c.stray += 1;
             return;
@@ -1185,6 +1212,22 @@ impl Client {
         }
     }
 
+    /// A received text's latency, and whether it crossed nodes.
+    fn stamp(&self, text: &str, now: u64) -> Option<(u64, Origin)> {
+        let (lat, node) = latency_us(text, now)?;
+        let origin = match node {
+            Some(n) if !n.is_empty() && !self.node.is_empty() => {
+                if n == self.node {
+                    Origin::SameNode
+                } else {
+                    Origin::CrossNode
+                }
+            }
+            _ => Origin::Unknown,
+        };
+        Some((lat, origin))
+    }
+
     fn ref_int(r: &Option<Ref>) -> Option<i64> {
         match r {
             Some(Ref::Int(n)) => Some(*n),
@@ -1202,7 +1245,7 @@ impl Client {
                     self.c.self_echo += 1;
                     return;
                 }
-                let lat = latency_us(&text, now);
+                let lat = self.stamp(&text, now);
                 let Some(inbox) = self.inbox.as_mut() else {
                     self.c.stray += 1;
                     return;
@@ -1418,6 +1461,7 @@ impl Client {
     async fn rejoin(&mut self, ctx: &Ctx, ws: &mut Ws, w: Welcome) -> Result<(), Outcome> {
         self.name = w.user;
         self.resume = w.resume;
+        self.node = w.node;
         let rooms: Vec<(String, u64, String)> = self
             .rooms
             .iter()
@@ -1534,11 +1578,27 @@ fn fast_message(bytes: &[u8], enc: Encoding) -> Option<FastMessage<'_>> {
 }
 
 /// Latency of a message whose text starts with `t=<unix ns>`, in µs.
-fn latency_us(text: &str, now: u64) -> Option<u64> {
+/// Where a delivery came from, relative to the receiver's node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The sender's connection was on the receiver's node.
+    SameNode,
+    /// The message crossed from another node (through the backplane).
+    CrossNode,
+    /// The text did not say (another sender than loadtest).
+    Unknown,
+}
+
+/// The latency (µs) of a text sent as `t=<unix ns> n=<node> ...`, and the
+/// sender's node when the text names it.
+fn latency_us(text: &str, now: u64) -> Option<(u64, Option<&str>)> {
     let digits = text.strip_prefix("t=")?;
     let end = digits.find(' ').unwrap_or(digits.len());
     let sent: u64 = digits[..end].parse().ok()?;
-    Some(now.saturating_sub(sent) / 1000)
+    let node = digits[end..]
+        .strip_prefix(" n=")
+        .map(|rest| &rest[..rest.find(' ').unwrap_or(rest.len())]);
+    Some((now.saturating_sub(sent) / 1000, node))
 }
 
 async fn close_quietly(ws: &mut Ws) {
@@ -1704,7 +1764,13 @@ mod tests {
 
     #[test]
     fn latency_parses_the_stamp() {
-        assert_eq!(latency_us("t=5000 s=1", 7000), Some(2));
+        assert_eq!(latency_us("t=5000 s=1", 7000), Some((2, None)));
+        assert_eq!(
+            latency_us("t=5000 n=node2 s=1 c=3", 9000),
+            Some((4, Some("node2")))
+        );
+        assert_eq!(latency_us("t=5000 n=", 9000), Some((4, Some(""))));
+        assert_eq!(latency_us("hello", 9000), None);
         assert_eq!(latency_us("hello", 7000), None);
     }
 }

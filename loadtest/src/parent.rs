@@ -631,7 +631,16 @@ async fn drive(
     // Merge.
     let mut counters = Counters::default();
     let mut h: BTreeMap<&str, Histogram<u64>> = BTreeMap::new();
-    for name in ["latency", "connect", "ack", "recovery", "rejoin", "lag"] {
+    for name in [
+        "latency",
+        "latency_same_node",
+        "latency_cross_node",
+        "connect",
+        "ack",
+        "recovery",
+        "rejoin",
+        "lag",
+    ] {
         h.insert(name, new_hist());
     }
     let mut acks: BTreeMap<String, AckList> = BTreeMap::new();
@@ -644,6 +653,8 @@ async fn drive(
         counters.add(&r.counters);
         for (name, b64) in [
             ("latency", &r.h_latency),
+            ("latency_same_node", &r.h_latency_same_node),
+            ("latency_cross_node", &r.h_latency_cross_node),
             ("connect", &r.h_connect),
             ("ack", &r.h_ack),
             ("recovery", &r.h_recovery),
@@ -670,6 +681,8 @@ async fn drive(
     let acc = account(&mut acks, &members, args.leave_grace_ms * 1_000_000);
     let pct = |name: &str| h.get(name).map(Pcts::of).unwrap_or_default();
     let latency = pct("latency");
+    let latency_same_node = pct("latency_same_node");
+    let latency_cross_node = pct("latency_cross_node");
     let connect = pct("connect");
     let ack = pct("ack");
     let recovery = pct("recovery");
@@ -805,6 +818,8 @@ async fn drive(
             "acked_direct_messages": acc.acked_direct_messages,
             "memberships": acc.memberships,
             "latency_ms": latency,
+            "latency_same_node_ms": latency_same_node,
+            "latency_cross_node_ms": latency_cross_node,
             "typing_received": counters.typing_received,
             "user_joined": counters.user_joined,
             "user_left": counters.user_left,
@@ -931,6 +946,10 @@ async fn drive(
     }
     row("deliveries/s", format!("{deliveries_per_s:.0}"));
     row("latency (end to end)", ms(&latency));
+    if latency_cross_node.count > 0 {
+        row("  same node", ms(&latency_same_node));
+        row("  across nodes", ms(&latency_cross_node));
+    }
     row(
         "violations",
         format!(

@@ -211,6 +211,8 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         clients: n,
         counters,
         h_latency: hist_to_b64(&hs.latency),
+        h_latency_same_node: hist_to_b64(&hs.latency_same_node),
+        h_latency_cross_node: hist_to_b64(&hs.latency_cross_node),
         h_connect: hist_to_b64(&hs.connect),
         h_ack: hist_to_b64(&hs.ack),
         h_recovery: hist_to_b64(&hs.recovery),
