@@ -5,8 +5,9 @@
 //! queues: each message is encoded once (with relay's own encoder, so the
 //! bytes match relay's) and written to every member right from the
 //! publisher's task with one `send()` each; whatever a socket does not take
-//! is kept and written by that connection's flusher task. Client frames
-//! are read through a 1 KiB buffer.
+//! is kept and written by that connection's flusher task (up to 8 MiB; a
+//! connection that falls further behind, or whose socket fails, is
+//! dropped). Client frames are read through a 1 KiB buffer. JSON only.
 //!
 //! It is a yardstick, not a product: BENCHMARKS.md compares relay with it
 //! to tell what the machine costs from what relay adds.
@@ -18,7 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use relay::protocol::{encode_into, ChatMessage, Encoding, Ref, ServerFrame};
@@ -30,6 +31,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+/// Most bytes a connection may have waiting before it is dropped.
+const MAX_PENDING: usize = 8 << 20;
+/// Largest client frame payload accepted.
+const MAX_FRAME: usize = 1 << 20;
+
 /// One connection's write side: the socket, and the bytes it did not take.
 struct Conn {
     id: u64,
@@ -37,47 +43,85 @@ struct Conn {
     out: OwnedWriteHalf,
     pending: Mutex<Vec<u8>>,
     wake: Notify,
+    /// Set when the socket failed, fell too far behind, or was closed:
+    /// nothing more is written, and the flusher ends.
+    dead: AtomicBool,
 }
 
 impl Conn {
     /// Writes now what the socket takes; the rest waits for the flusher.
     fn send(&self, bytes: &[u8]) {
+        if self.dead.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut pending) = self.pending.lock() else {
             return;
         };
-        if !pending.is_empty() {
-            pending.extend_from_slice(bytes);
+        let n = if pending.is_empty() {
+            match self.out.try_write(bytes) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => {
+                    drop(pending);
+                    self.kill();
+                    return;
+                }
+            }
+        } else {
+            0
+        };
+        if n == bytes.len() {
             return;
         }
-        let n = self.out.try_write(bytes).unwrap_or(0);
-        if n < bytes.len() {
-            pending.extend_from_slice(&bytes[n..]);
-            drop(pending);
+        pending.extend_from_slice(&bytes[n..]);
+        let too_far = pending.len() > MAX_PENDING;
+        drop(pending);
+        if too_far {
+            self.kill();
+        } else {
             self.wake.notify_one();
         }
     }
 
+    /// Stops writing to this connection and ends its flusher.
+    fn kill(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+        if let Ok(mut p) = self.pending.lock() {
+            *p = Vec::new();
+        }
+        self.wake.notify_one();
+    }
+
     /// Writes what `send` could not, whenever the socket is writable again.
+    /// Ends when the connection is dead.
     async fn flush(self: Arc<Self>) {
-        loop {
+        while !self.dead.load(Ordering::Relaxed) {
             self.wake.notified().await;
             loop {
+                if self.dead.load(Ordering::Relaxed) {
+                    return;
+                }
                 let chunk = match self.pending.lock() {
                     Ok(p) if p.is_empty() => break,
                     Ok(p) => p.clone(),
                     Err(_) => return,
                 };
                 if self.out.writable().await.is_err() {
+                    self.kill();
                     return;
                 }
                 match self.out.try_write(&chunk) {
                     Ok(n) => {
                         if let Ok(mut p) = self.pending.lock() {
+                            let n = n.min(p.len());
                             p.drain(..n);
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
+                    Err(_) => {
+                        self.kill();
+                        return;
+                    }
                 }
             }
         }
@@ -130,9 +174,16 @@ async fn handshake(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
         })
     };
     let key = header("sec-websocket-key").unwrap_or_default();
-    let proto = header("sec-websocket-protocol")
-        .and_then(|p| p.split(',').next().map(|s| s.trim().to_owned()))
-        .unwrap_or_else(|| "relay.v1.json".into());
+    // JSON only: a client that does not offer it is refused.
+    let offered = header("sec-websocket-protocol").unwrap_or_else(|| JSON_PROTOCOL.into());
+    if !offered.split(',').any(|p| p.trim() == JSON_PROTOCOL) {
+        let refusal = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        stream.write_all(refusal.as_bytes()).await?;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the floor speaks relay.v1.json only",
+        ));
+    }
     let user = text
         .lines()
         .next()
@@ -141,45 +192,74 @@ async fn handshake(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
         .map(|(_, rest)| rest.split('&').next().unwrap_or("").to_owned());
     let reply = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {proto}\r\n\r\n",
+         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {JSON_PROTOCOL}\r\n\r\n",
         derive_accept_key(key.as_bytes())
     );
     stream.write_all(reply.as_bytes()).await?;
     Ok(user)
 }
 
-/// Parses one masked client frame from the front of `buf`: its opcode and
-/// unmasked payload, and how many bytes it took. `None` until it is whole.
-fn parse(buf: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let opcode = buf[0] & 0x0f;
-    let (len, mut at) = match buf[1] & 0x7f {
-        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
-        127 => (
-            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        n => (n as usize, 2),
+/// The only subprotocol the floor speaks.
+const JSON_PROTOCOL: &str = "relay.v1.json";
+
+/// What `parse` found at the front of the read buffer.
+enum Parsed {
+    /// A whole frame: its opcode, unmasked payload, and its length on the
+    /// wire.
+    Frame(u8, Vec<u8>, usize),
+    /// Not whole yet.
+    Partial,
+    /// A payload over `MAX_FRAME`: the connection is closed.
+    TooLarge,
+}
+
+/// Parses one masked client frame from the front of `buf`.
+fn parse(buf: &[u8]) -> Parsed {
+    let Some((at, len)) = declared_len(buf) else {
+        return Parsed::Partial;
     };
-    let mask: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
-    at += 4;
-    let payload = buf.get(at..at + len)?;
+    if len > MAX_FRAME {
+        return Parsed::TooLarge;
+    }
+    let Some(mask) = buf.get(at..at + 4) else {
+        return Parsed::Partial;
+    };
+    let start = at + 4;
+    let Some(payload) = buf.get(start..start + len) else {
+        return Parsed::Partial;
+    };
     let data = payload
         .iter()
         .enumerate()
         .map(|(i, b)| b ^ mask[i % 4])
         .collect();
-    Some((opcode, data, at + len))
+    Parsed::Frame(buf[0] & 0x0f, data, start + len)
 }
 
-async fn serve(hub: Arc<Hub>, mut stream: TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
+/// Where a frame's mask starts and its declared payload length, once the
+/// header is in `buf`.
+fn declared_len(buf: &[u8]) -> Option<(usize, usize)> {
+    Some(match *buf.get(1)? & 0x7f {
+        126 => (4, u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize),
+        127 => (
+            10,
+            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?))
+                .unwrap_or(usize::MAX),
+        ),
+        n => (2, n as usize),
+    })
+}
+
+/// One connection: handshake, welcome, then commands until the client
+/// closes, the socket fails or a frame is too large. It leaves its rooms
+/// and stops its flusher however it ends.
+async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
     let id = hub.next_conn.fetch_add(1, Ordering::Relaxed);
-    let user = handshake(&mut stream)
-        .await?
-        .unwrap_or_else(|| format!("floor{id}"));
+    let _ = stream.set_nodelay(true);
+    let user = match handshake(&mut stream).await {
+        Ok(user) => user.unwrap_or_else(|| format!("floor{id}")),
+        Err(_) => return,
+    };
     let (mut input, out) = stream.into_split();
     let conn = Arc::new(Conn {
         id,
@@ -187,11 +267,12 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) -> std::io::Result<()> {
         out,
         pending: Mutex::new(Vec::new()),
         wake: Notify::new(),
+        dead: AtomicBool::new(false),
     });
     tokio::spawn(conn.clone().flush());
     conn.send(
         json_frame(&ServerFrame::Welcome {
-            user: user.clone(),
+            user,
             node: "floor".into(),
             session: format!("floor/{id}"),
             protocol: relay::protocol::PROTOCOL_VERSION,
@@ -204,18 +285,25 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     'read: loop {
-        let n = input.read(&mut chunk).await?;
+        // A read error ends the connection like EOF does.
+        let n = input.read(&mut chunk).await.unwrap_or(0);
         if n == 0 {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        while let Some((opcode, data, used)) = parse(&buf) {
-            buf.drain(..used);
-            match opcode {
-                0x8 => break 'read,
-                0x9 => conn.send(Frame::pong(&data).as_bytes()),
-                0x1 => on_command(&hub, &conn, &mut joined, &data),
-                _ => {}
+        loop {
+            match parse(&buf) {
+                Parsed::Partial => break,
+                Parsed::TooLarge => break 'read,
+                Parsed::Frame(opcode, data, used) => {
+                    buf.drain(..used);
+                    match opcode {
+                        0x8 => break 'read,
+                        0x9 => conn.send(Frame::pong(&data).as_bytes()),
+                        0x1 => on_command(&hub, &conn, &mut joined, &data),
+                        _ => {}
+                    }
+                }
             }
         }
     }
@@ -226,7 +314,8 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) -> std::io::Result<()> {
             }
         }
     }
-    Ok(())
+    // Ends the flusher; the socket closes when the last reference goes.
+    conn.kill();
 }
 
 fn on_command(hub: &Hub, conn: &Arc<Conn>, joined: &mut Vec<String>, data: &[u8]) {
@@ -240,19 +329,21 @@ fn on_command(hub: &Hub, conn: &Arc<Conn>, joined: &mut Vec<String>, data: &[u8]
         .to_owned();
     match v.get("type").and_then(Value::as_str) {
         Some("join") => {
-            if let Ok(mut rooms) = hub.rooms.lock() {
-                rooms.entry(room.clone()).or_default().push(conn.clone());
-            }
-            joined.push(room.clone());
             let frame = json_frame(&ServerFrame::Joined {
-                room,
+                room: room.clone(),
                 epoch: "floor".into(),
                 presence: Vec::new(),
                 history: Vec::new(),
                 recovered: false,
                 reference: reference(&v),
             });
-            conn.send(frame.as_bytes());
+            // `joined` goes out under the rooms' lock, so no message of the
+            // room can overtake it.
+            if let Ok(mut rooms) = hub.rooms.lock() {
+                rooms.entry(room.clone()).or_default().push(conn.clone());
+                conn.send(frame.as_bytes());
+            }
+            joined.push(room);
         }
         Some("send") => {
             // The id is taken and the message written under the rooms' lock,
@@ -319,12 +410,23 @@ fn main() -> std::io::Result<()> {
     })
 }
 
-/// Accepts connections until the listener fails.
+/// Accepts connections. A failed accept (out of file descriptors, say) is
+/// reported and retried after a pause rather than ending the server.
 async fn run(listener: TcpListener) -> std::io::Result<()> {
-    let hub = Arc::new(Hub::default());
+    serve_all(listener, Arc::new(Hub::default())).await
+}
+
+async fn serve_all(listener: TcpListener, hub: Arc<Hub>) -> std::io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
-        tokio::spawn(serve(hub.clone(), stream));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(hub.clone(), stream));
+            }
+            Err(e) => {
+                eprintln!("floor: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
@@ -370,10 +472,21 @@ mod tests {
         ws
     }
 
+    /// The tests share the process's descriptor table, which one of them
+    /// counts: they run one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     /// The floor speaks enough of the protocol for the fan-out scenario:
     /// the sender gets an ack, everyone else the message, ids in order.
     #[tokio::test]
     async fn fans_out_to_everyone_but_the_sender() {
+        let _serial = SERIAL.lock().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(run(listener));
@@ -398,6 +511,95 @@ mod tests {
                     other => panic!("expected a message, got {other:?}"),
                 }
             }
+        }
+    }
+
+    /// Clients that leave, cleanly or by dropping the socket, leave their
+    /// rooms, and their server-side sockets and flushers go away.
+    #[tokio::test]
+    async fn departed_clients_leave_rooms_and_release_their_sockets() {
+        let _serial = SERIAL.lock().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hub = Arc::new(Hub::default());
+        tokio::spawn(serve_all(listener, hub.clone()));
+        let mut a = client(addr, "a").await;
+        let members = |hub: &Hub| hub.rooms.lock().unwrap().get("r").map_or(0, Vec::len);
+        let before = open_fds();
+        for round in 0..2 {
+            let mut gone = Vec::new();
+            for k in 0..20 {
+                gone.push(client(addr, &format!("g{round}x{k}")).await);
+            }
+            assert_eq!(members(&hub), 21);
+            for (k, mut ws) in gone.into_iter().enumerate() {
+                if k % 2 == 0 {
+                    ws.close(None).await.unwrap();
+                }
+                drop(ws); // the others just drop the socket
+            }
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while (members(&hub) > 1 || open_fds() > before + 2)
+                && tokio::time::Instant::now() < deadline
+            {
+                // Fan-out to departed members meets their dead sockets.
+                let send = r#"{"type":"send","room":"r","text":"x","ref":1}"#;
+                a.send(Message::text(send)).await.unwrap();
+                let _ = next(&mut a).await;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(members(&hub), 1, "only `a` is left in the room");
+            assert!(
+                open_fds() <= before + 2,
+                "sockets released: {} open, {before} before",
+                open_fds()
+            );
+        }
+    }
+
+    /// A frame declaring more than `MAX_FRAME` bytes ends the connection;
+    /// a client that does not offer the JSON subprotocol is refused.
+    #[tokio::test]
+    async fn refuses_huge_frames_and_other_encodings() {
+        let _serial = SERIAL.lock().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(run(listener));
+        let ws = client(addr, "big").await;
+        let mut tcp = ws.into_inner();
+        let tcp = match &mut tcp {
+            tokio_tungstenite::MaybeTlsStream::Plain(s) => s,
+            _ => unreachable!("plain TCP"),
+        };
+        // A masked text frame header declaring 2 MiB, and a mask.
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&(2u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[1, 2, 3, 4]);
+        tcp.write_all(&header).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tcp.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the server closes the connection");
+        // EOF or a reset, in time (the `expect` above), with nothing sent.
+        if read.is_ok() {
+            assert!(rest.is_empty(), "no frame after the oversized one");
+        }
+
+        let mut req = format!("ws://{addr}/ws?user=m")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "relay.v1.msgpack".parse().unwrap(),
+        );
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 400)
+            }
+            other => panic!("expected a 400 refusal, got {other:?}"),
         }
     }
 }

@@ -46,9 +46,9 @@ pub(crate) struct Live {
 /// The histograms of a worker, sharded by client to avoid contention.
 pub(crate) struct HistSet {
     pub(crate) latency: Histogram<u64>,
-    /// Deliveries whose sender was connected to the receiver's node.
+    /// Deliveries made by the node that holds the sender's connection.
     pub(crate) latency_same_node: Histogram<u64>,
-    /// Deliveries that crossed from the sender's node to another.
+    /// Deliveries made by another node than the sender's.
     pub(crate) latency_cross_node: Histogram<u64>,
     pub(crate) connect: Histogram<u64>,
     pub(crate) ack: Histogram<u64>,
@@ -1577,13 +1577,14 @@ fn fast_message(bytes: &[u8], enc: Encoding) -> Option<FastMessage<'_>> {
     })
 }
 
-/// Latency of a message whose text starts with `t=<unix ns>`, in µs.
-/// Where a delivery came from, relative to the receiver's node.
+/// Which node delivered a message, relative to the sender's. With Redis
+/// both kinds go through Redis pub/sub (the sender's node receives its
+/// own publication back); a cross-node delivery was made by another node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// The sender's connection was on the receiver's node.
+    /// Delivered by the node that holds the sender's connection.
     SameNode,
-    /// The message crossed from another node (through the backplane).
+    /// Delivered by another node than the sender's.
     CrossNode,
     /// The text did not say (another sender than loadtest).
     Unknown,

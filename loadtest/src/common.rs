@@ -36,10 +36,6 @@ pub(crate) fn hist_to_b64(h: &Histogram<u64>) -> String {
 
 /// Inverse of [`hist_to_b64`].
 pub(crate) fn hist_from_b64(s: &str) -> anyhow::Result<Histogram<u64>> {
-    if s.is_empty() {
-        // A field a worker did not send.
-        return Ok(new_hist());
-    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(s)
         .context("histogram base64")?;
@@ -308,11 +304,9 @@ pub(crate) struct WorkerReport {
     /// Base64 V2 histograms (µs): delivery latency, connect time, send→ack,
     /// storm recovery, publisher lag behind schedule.
     pub(crate) h_latency: String,
-    /// Delivery latency of messages sent on the receiver's node, and of
-    /// those that crossed nodes (empty with one node).
-    #[serde(default)]
+    /// Delivery latency split by the delivering node: the sender's own
+    /// node, and any other (this one is empty with one node).
     pub(crate) h_latency_same_node: String,
-    #[serde(default)]
     pub(crate) h_latency_cross_node: String,
     pub(crate) h_connect: String,
     pub(crate) h_ack: String,
