@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use relay::protocol::{encode_into, ChatMessage, Encoding, Ref, ServerFrame};
@@ -46,6 +46,14 @@ struct Conn {
     /// Set when the socket failed, fell too far behind, or was closed:
     /// nothing more is written, and the flusher ends.
     dead: AtomicBool,
+    /// The hub's count of connections not yet dropped.
+    live: Arc<AtomicUsize>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Conn {
@@ -134,6 +142,10 @@ struct Hub {
     rooms: Mutex<HashMap<String, Vec<Arc<Conn>>>>,
     next_id: AtomicU64,
     next_conn: AtomicU64,
+    /// Connections whose state (and so write half) still exists: the
+    /// read half goes when `serve` returns, the write half with the last
+    /// reference to the `Conn`.
+    live: Arc<AtomicUsize>,
 }
 
 fn json_frame(frame: &ServerFrame) -> Frame {
@@ -261,6 +273,7 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
         Err(_) => return,
     };
     let (mut input, out) = stream.into_split();
+    hub.live.fetch_add(1, Ordering::Relaxed);
     let conn = Arc::new(Conn {
         id,
         user: user.clone(),
@@ -268,6 +281,7 @@ async fn serve(hub: Arc<Hub>, mut stream: TcpStream) {
         pending: Mutex::new(Vec::new()),
         wake: Notify::new(),
         dead: AtomicBool::new(false),
+        live: hub.live.clone(),
     });
     tokio::spawn(conn.clone().flush());
     conn.send(
@@ -472,21 +486,10 @@ mod tests {
         ws
     }
 
-    /// The tests share the process's descriptor table, which one of them
-    /// counts: they run one at a time.
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-    fn open_fds() -> usize {
-        std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
     /// The floor speaks enough of the protocol for the fan-out scenario:
     /// the sender gets an ack, everyone else the message, ids in order.
     #[tokio::test]
     async fn fans_out_to_everyone_but_the_sender() {
-        let _serial = SERIAL.lock().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(run(listener));
@@ -518,20 +521,20 @@ mod tests {
     /// rooms, and their server-side sockets and flushers go away.
     #[tokio::test]
     async fn departed_clients_leave_rooms_and_release_their_sockets() {
-        let _serial = SERIAL.lock().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hub = Arc::new(Hub::default());
         tokio::spawn(serve_all(listener, hub.clone()));
         let mut a = client(addr, "a").await;
         let members = |hub: &Hub| hub.rooms.lock().unwrap().get("r").map_or(0, Vec::len);
-        let before = open_fds();
+        let live = |hub: &Hub| hub.live.load(Ordering::Relaxed);
         for round in 0..2 {
             let mut gone = Vec::new();
             for k in 0..20 {
                 gone.push(client(addr, &format!("g{round}x{k}")).await);
             }
             assert_eq!(members(&hub), 21);
+            assert_eq!(live(&hub), 21);
             for (k, mut ws) in gone.into_iter().enumerate() {
                 if k % 2 == 0 {
                     ws.close(None).await.unwrap();
@@ -539,9 +542,7 @@ mod tests {
                 drop(ws); // the others just drop the socket
             }
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while (members(&hub) > 1 || open_fds() > before + 2)
-                && tokio::time::Instant::now() < deadline
-            {
+            while (members(&hub) > 1 || live(&hub) > 1) && tokio::time::Instant::now() < deadline {
                 // Fan-out to departed members meets their dead sockets.
                 let send = r#"{"type":"send","room":"r","text":"x","ref":1}"#;
                 a.send(Message::text(send)).await.unwrap();
@@ -549,11 +550,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             assert_eq!(members(&hub), 1, "only `a` is left in the room");
-            assert!(
-                open_fds() <= before + 2,
-                "sockets released: {} open, {before} before",
-                open_fds()
-            );
+            assert_eq!(live(&hub), 1, "the others' sockets and flushers are gone");
         }
     }
 
@@ -561,7 +558,6 @@ mod tests {
     /// a client that does not offer the JSON subprotocol is refused.
     #[tokio::test]
     async fn refuses_huge_frames_and_other_encodings() {
-        let _serial = SERIAL.lock().await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(run(listener));
