@@ -105,28 +105,26 @@ impl Conn {
     async fn flush(self: Arc<Self>) {
         while !self.dead.load(Ordering::Relaxed) {
             self.wake.notified().await;
-            loop {
-                if self.dead.load(Ordering::Relaxed) {
-                    return;
-                }
-                let chunk = match self.pending.lock() {
-                    Ok(p) if p.is_empty() => break,
-                    Ok(p) => p.clone(),
-                    Err(_) => return,
-                };
+            while !self.dead.load(Ordering::Relaxed) {
                 if self.out.writable().await.is_err() {
                     self.kill();
                     return;
                 }
-                match self.out.try_write(&chunk) {
+                // `try_write` does not block: the lock keeps `send` from
+                // writing between these bytes.
+                let Ok(mut pending) = self.pending.lock() else {
+                    return;
+                };
+                if pending.is_empty() {
+                    break;
+                }
+                match self.out.try_write(&pending) {
                     Ok(n) => {
-                        if let Ok(mut p) = self.pending.lock() {
-                            let n = n.min(p.len());
-                            p.drain(..n);
-                        }
+                        pending.drain(..n);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => {
+                        drop(pending);
                         self.kill();
                         return;
                     }
