@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use relay::backplane::memory::MemoryBackplane;
-use relay::backplane::{PublishRequest, SharedBackplane};
+use relay::backplane::SharedBackplane;
 use relay::metrics::Metrics;
-use relay::node::{Node, SessionHandle, SharedFrame};
+use relay::node::{Node, SessionHandle};
+use relay::outbound::{Batch, OutQueue, SharedFrame};
 use relay::protocol::{decode_command, ChatMessage, Encoding, Limits, ServerFrame};
 use relay::session::limit::TokenBucket;
-use relay::session::queue::{Batch, OutQueue};
 
 const TEXT: &str = "Hello everyone! This is a chat message of a typical length.";
 
@@ -97,7 +97,7 @@ fn node_with_members(
                 Encoding::MsgPack
             };
             let s = node.open_session(&format!("u{i}"), encoding, 4096);
-            node.join(&s, "lobby", None, None, false, None)
+            node.join(&s, "lobby", None, None, None)
                 .await
                 .expect("join");
             sessions.push(s);
@@ -128,15 +128,7 @@ fn fanout(c: &mut Criterion) {
                 let delivered = node.metrics.messages_delivered.get();
                 let started = Instant::now();
                 rt.block_on(async {
-                    node.backplane()
-                        .publish(PublishRequest {
-                            room: "lobby".into(),
-                            from: "bench".into(),
-                            text: TEXT.into(),
-                            client_id: None,
-                            origin: None,
-                            traceparent: None,
-                        })
+                    node.publish_as("lobby", "bench", TEXT.into())
                         .await
                         .expect("publish");
                     // Dispatch runs on the node's task and counts the

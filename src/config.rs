@@ -166,6 +166,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queue: u64,
 
+    /// Most rooms one connection may join; a `join` beyond answers
+    /// `too_many_rooms` (PROTOCOL §9).
+    #[arg(long, env = "RELAY_MAX_ROOMS_PER_CONN", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_rooms_per_conn: u64,
+
     /// On SIGTERM: stop accepting, close sockets with 1001 over N seconds, exit.
     #[arg(long, env = "RELAY_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,

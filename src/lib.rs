@@ -17,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod protocol;
 pub mod server;
 pub mod session;

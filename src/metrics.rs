@@ -91,6 +91,8 @@ pub struct Metrics {
     pub users: Gauge,
     /// Events received from the backplane.
     pub backplane_events: Counter,
+    /// Backplane events waiting for dispatch (bounded by `node::EVENT_QUEUE`).
+    pub event_queue_depth: Gauge,
     /// Frames lost because an outbound queue overflowed (slow consumers).
     pub queue_dropped_frames: Counter,
     /// Local (room, user) presence entries held by this node.
@@ -122,6 +124,7 @@ impl Metrics {
             rooms: Gauge::default(),
             users: Gauge::default(),
             backplane_events: Counter::default(),
+            event_queue_depth: Gauge::default(),
             queue_dropped_frames: Counter::default(),
             presence_entries: Gauge::default(),
             cluster_nodes: Gauge::default(),
@@ -202,6 +205,11 @@ impl Metrics {
             "backplane_events",
             "Events received from the backplane",
             m.backplane_events.clone(),
+        );
+        registry.register(
+            "event_queue_depth",
+            "Backplane events waiting for dispatch on this node (when full, the backplane reader waits)",
+            m.event_queue_depth.clone(),
         );
         registry.register(
             "queue_dropped_frames",

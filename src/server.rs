@@ -17,7 +17,7 @@ use crate::http::serve::{serve, ServeOptions};
 use crate::http::tls::{ReloadingCert, TlsError};
 use crate::http::{router, AppState};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, NodeLimits};
 use crate::protocol::Limits;
 use crate::session::SessionConfig;
 
@@ -144,10 +144,13 @@ pub async fn run(
     };
 
     let backplane = connect_backplane(&config, &node_id, &metrics).await?;
-    let node = Node::new(
+    let node = Node::with_limits(
         backplane.clone(),
         config.auth == AuthMode::Guest,
         metrics.clone(),
+        NodeLimits {
+            max_rooms_per_conn: config.max_rooms_per_conn as usize,
+        },
     );
     node.start();
     let session = Arc::new(SessionConfig {
@@ -176,7 +179,7 @@ pub async fn run(
     {
         // `relay_cluster_nodes`: the live nodes as this node sees them,
         // refreshed every heartbeat (kept as is while the backplane fails).
-        if let Ok(nodes) = node.backplane().nodes().await {
+        if let Ok(nodes) = node.nodes().await {
             metrics.cluster_nodes.set(nodes.len() as i64);
         }
         let node = node.clone();
@@ -195,7 +198,7 @@ pub async fn run(
                 if node.is_draining() {
                     continue;
                 }
-                if let Ok(nodes) = node.backplane().nodes().await {
+                if let Ok(nodes) = node.nodes().await {
                     metrics.cluster_nodes.set(nodes.len() as i64);
                 }
             }
@@ -238,7 +241,7 @@ pub async fn run(
     {
         tracing::warn!("http server did not stop in time");
     }
-    backplane.shutdown().await;
+    node.shutdown_backplane().await;
     stop_tasks.cancel();
     node.tasks.close();
     if tokio::time::timeout(Duration::from_secs(3), node.tasks.wait())

@@ -5,8 +5,11 @@
 //! tests use.
 //!
 //! Locks are `std::sync::Mutex`/`DashMap` shards: nothing awaits while
-//! holding them, and events are pushed into unbounded channels under the
-//! room's lock so that every node sees a room's events in id order.
+//! holding them. Each room also has a gate (an async mutex) held from the
+//! id assignment to the last event pushed into the nodes' bounded event
+//! queues, so every node sees a room's events in id order and a publisher
+//! waits (instead of memory growing) while a node's queue is full. Direct
+//! messages pass one hub-wide gate for the same reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,8 @@ pub const CLIENT_ID_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Default)]
 struct RoomState {
+    /// Serialises the room's events from id assignment to delivery.
+    gate: Arc<tokio::sync::Mutex<()>>,
     epoch: String,
     last_id: u64,
     history: VecDeque<ChatMessage>,
@@ -55,7 +60,9 @@ struct NameClaim {
 #[derive(Default)]
 struct HubInner {
     rooms: DashMap<String, RoomState>,
-    subscribers: DashMap<Topic, HashMap<String, mpsc::UnboundedSender<Event>>>,
+    subscribers: DashMap<Topic, HashMap<String, mpsc::Sender<Event>>>,
+    /// Serialises direct messages from id assignment to delivery.
+    direct_gate: tokio::sync::Mutex<()>,
     names: Mutex<HashMap<String, NameClaim>>,
     accounts: DashMap<String, String>,
     nodes: DashMap<String, ()>,
@@ -63,25 +70,45 @@ struct HubInner {
 }
 
 impl HubInner {
-    fn emit(&self, topic: &Topic, event: &Event) {
-        if let Some(subs) = self.subscribers.get(topic) {
-            for tx in subs.values() {
-                let _ = tx.send(event.clone());
-            }
-        }
+    /// The event queues of the nodes subscribed to `topic`.
+    fn targets(&self, topic: &Topic) -> Vec<mpsc::Sender<Event>> {
+        self.subscribers
+            .get(topic)
+            .map(|subs| subs.values().cloned().collect())
+            .unwrap_or_default()
     }
 
-    fn emit_to_nodes(&self, topics: &[Topic], event: &Event) {
+    /// The event queues of the nodes subscribed to any of `topics`, each
+    /// node once.
+    fn targets_of_nodes(&self, topics: &[Topic]) -> Vec<mpsc::Sender<Event>> {
         let mut sent = HashSet::new();
+        let mut out = Vec::new();
         for topic in topics {
             if let Some(subs) = self.subscribers.get(topic) {
                 for (node, tx) in subs.iter() {
                     if sent.insert(node.clone()) {
-                        let _ = tx.send(event.clone());
+                        out.push(tx.clone());
                     }
                 }
             }
         }
+        out
+    }
+
+    /// The gate of a room (created with the room).
+    fn gate(&self, room: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.rooms
+            .entry(room.to_owned())
+            .or_insert_with(RoomState::fresh)
+            .gate
+            .clone()
+    }
+}
+
+/// Pushes an event into each queue, in order; waits while one is full.
+async fn emit(targets: Vec<mpsc::Sender<Event>>, event: Event) {
+    for tx in targets {
+        let _ = tx.send(event.clone()).await;
     }
 }
 
@@ -100,7 +127,7 @@ impl MemoryHub {
     /// A backplane handle for a node with the given id.
     pub fn node(&self, node_id: impl Into<String>) -> MemoryBackplane {
         let node_id = node_id.into();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(super::EVENT_QUEUE);
         self.inner.nodes.insert(node_id.clone(), ());
         MemoryBackplane {
             hub: self.inner.clone(),
@@ -117,7 +144,7 @@ pub struct MemoryBackplane {
     node_id: String,
     /// Taken on shutdown, which ends the node's event stream once the hub
     /// dropped its copies too.
-    events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+    events_tx: Mutex<Option<mpsc::Sender<Event>>>,
     events_rx: Mutex<Option<EventStream>>,
 }
 
@@ -163,59 +190,67 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<Published> {
-        let mut room = self
-            .hub
-            .rooms
-            .entry(req.room.clone())
-            .or_insert_with(RoomState::fresh);
-        let now = Instant::now();
-        while let Some((at, _)) = room.client_id_order.front() {
-            if now.duration_since(*at) < CLIENT_ID_TTL {
-                break;
+        let gate = self.hub.gate(&req.room);
+        let _gate = gate.lock().await;
+        let (event, targets, id, ts) = {
+            let mut room = self
+                .hub
+                .rooms
+                .entry(req.room.clone())
+                .or_insert_with(RoomState::fresh);
+            let now = Instant::now();
+            while let Some((at, _)) = room.client_id_order.front() {
+                if now.duration_since(*at) < CLIENT_ID_TTL {
+                    break;
+                }
+                if let Some((_, key)) = room.client_id_order.pop_front() {
+                    room.client_ids.remove(&key);
+                }
             }
-            if let Some((_, key)) = room.client_id_order.pop_front() {
-                room.client_ids.remove(&key);
+            let key = req
+                .client_id
+                .as_ref()
+                .map(|c| (req.from.clone(), c.clone()));
+            if let Some(key) = &key {
+                if let Some(&(id, ts)) = room.client_ids.get(key) {
+                    return Ok(Published {
+                        id,
+                        ts,
+                        duplicate: true,
+                    });
+                }
             }
-        }
-        let key = req
-            .client_id
-            .as_ref()
-            .map(|c| (req.from.clone(), c.clone()));
-        if let Some(key) = &key {
-            if let Some(&(id, ts)) = room.client_ids.get(key) {
-                return Ok(Published {
-                    id,
-                    ts,
-                    duplicate: true,
-                });
+            room.last_id += 1;
+            let message = ChatMessage {
+                room: req.room.clone(),
+                id: room.last_id,
+                from: req.from,
+                text: req.text,
+                ts: now_ms(),
+            };
+            let (id, ts) = (message.id, message.ts);
+            if let Some(key) = key {
+                room.client_ids.insert(key.clone(), (id, ts));
+                room.client_id_order.push_back((now, key));
             }
-        }
-        room.last_id += 1;
-        let message = ChatMessage {
-            room: req.room.clone(),
-            id: room.last_id,
-            from: req.from,
-            text: req.text,
-            ts: now_ms(),
-        };
-        let (id, ts) = (message.id, message.ts);
-        if let Some(key) = key {
-            room.client_ids.insert(key.clone(), (id, ts));
-            room.client_id_order.push_back((now, key));
-        }
-        room.history.push_back(message.clone());
-        while room.history.len() > HISTORY_LEN {
-            room.history.pop_front();
-        }
-        self.hub.emit(
-            &Topic::Room(req.room),
-            &Event::Message {
+            room.history.push_back(message.clone());
+            while room.history.len() > HISTORY_LEN {
+                room.history.pop_front();
+            }
+            let event = Event::Message {
                 message,
                 epoch: room.epoch.clone(),
                 origin: req.origin,
                 traceparent: req.traceparent,
-            },
-        );
+            };
+            (
+                event,
+                self.hub.targets(&Topic::Room(req.room.clone())),
+                id,
+                ts,
+            )
+        };
+        emit(targets, event).await;
         Ok(Published {
             id,
             ts,
@@ -230,53 +265,71 @@ impl Backplane for MemoryBackplane {
         add_presence: bool,
         origin: Option<Origin>,
     ) -> Result<RoomSnapshot> {
-        let mut room = self
-            .hub
-            .rooms
-            .entry(room_name.to_owned())
-            .or_insert_with(RoomState::fresh);
-        if add_presence {
-            let nodes = room.presence.entry(user.to_owned()).or_default();
-            let first = nodes.is_empty();
-            nodes.insert(self.node_id.clone());
-            if first {
-                self.hub.emit(
-                    &Topic::Room(room_name.to_owned()),
-                    &Event::UserJoined {
+        let gate = self.hub.gate(room_name);
+        let _gate = gate.lock().await;
+        let (snapshot, joined) = {
+            let mut room = self
+                .hub
+                .rooms
+                .entry(room_name.to_owned())
+                .or_insert_with(RoomState::fresh);
+            let mut joined = None;
+            if add_presence {
+                let nodes = room.presence.entry(user.to_owned()).or_default();
+                let first = nodes.is_empty();
+                nodes.insert(self.node_id.clone());
+                if first {
+                    joined = Some(Event::UserJoined {
                         room: room_name.to_owned(),
                         user: user.to_owned(),
                         ts: now_ms(),
                         origin,
-                    },
-                );
+                    });
+                }
             }
+            let snapshot = RoomSnapshot {
+                epoch: room.epoch.clone(),
+                last_id: room.last_id,
+                messages: room.history.iter().cloned().collect(),
+                presence: room.presence.keys().cloned().collect(),
+            };
+            (snapshot, joined)
+        };
+        if let Some(event) = joined {
+            emit(self.hub.targets(&Topic::Room(room_name.to_owned())), event).await;
         }
-        Ok(RoomSnapshot {
-            epoch: room.epoch.clone(),
-            last_id: room.last_id,
-            messages: room.history.iter().cloned().collect(),
-            presence: room.presence.keys().cloned().collect(),
-        })
+        Ok(snapshot)
     }
 
     async fn leave(&self, room_name: &str, user: &str, reason: LeaveReason) -> Result<()> {
-        let Some(mut room) = self.hub.rooms.get_mut(room_name) else {
+        let Some(gate) = self.hub.rooms.get(room_name).map(|r| r.gate.clone()) else {
             return Ok(());
         };
-        let Some(nodes) = room.presence.get_mut(user) else {
-            return Ok(());
+        let _gate = gate.lock().await;
+        let last = {
+            let Some(mut room) = self.hub.rooms.get_mut(room_name) else {
+                return Ok(());
+            };
+            let Some(nodes) = room.presence.get_mut(user) else {
+                return Ok(());
+            };
+            let last = nodes.remove(&self.node_id) && nodes.is_empty();
+            if last {
+                room.presence.remove(user);
+            }
+            last
         };
-        if nodes.remove(&self.node_id) && nodes.is_empty() {
-            room.presence.remove(user);
-            self.hub.emit(
-                &Topic::Room(room_name.to_owned()),
-                &Event::UserLeft {
+        if last {
+            emit(
+                self.hub.targets(&Topic::Room(room_name.to_owned())),
+                Event::UserLeft {
                     room: room_name.to_owned(),
                     user: user.to_owned(),
                     ts: now_ms(),
                     reason,
                 },
-            );
+            )
+            .await;
         }
         Ok(())
     }
@@ -303,15 +356,18 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn typing(&self, room: &str, user: &str, active: bool, origin: Origin) -> Result<()> {
-        self.hub.emit(
-            &Topic::Room(room.to_owned()),
-            &Event::Typing {
+        let gate = self.hub.gate(room);
+        let _gate = gate.lock().await;
+        emit(
+            self.hub.targets(&Topic::Room(room.to_owned())),
+            Event::Typing {
                 room: room.to_owned(),
                 user: user.to_owned(),
                 active,
                 origin: Some(origin),
             },
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -369,11 +425,13 @@ impl Backplane for MemoryBackplane {
         if !self.hub.subscribers.contains_key(&to_topic) {
             return Ok(DirectOutcome::Offline);
         }
+        let _gate = self.hub.direct_gate.lock().await;
         let id = self.hub.direct_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let ts = now_ms();
-        self.hub.emit_to_nodes(
-            &[to_topic, Topic::User(from.to_owned())],
-            &Event::Direct {
+        emit(
+            self.hub
+                .targets_of_nodes(&[to_topic, Topic::User(from.to_owned())]),
+            Event::Direct {
                 message: DirectMessage {
                     from: from.to_owned(),
                     to: to.to_owned(),
@@ -383,7 +441,8 @@ impl Backplane for MemoryBackplane {
                 },
                 origin: Some(origin),
             },
-        );
+        )
+        .await;
         Ok(DirectOutcome::Delivered { id, ts })
     }
 

@@ -107,8 +107,13 @@ pub enum Event {
     },
 }
 
-/// The receiving end of a backplane's event stream.
-pub type EventStream = mpsc::UnboundedReceiver<Event>;
+/// The receiving end of a backplane's event stream. It is bounded
+/// ([`EVENT_QUEUE`] events): when the node falls behind, the backplane's
+/// producers wait instead of buffering without bound.
+pub type EventStream = mpsc::Receiver<Event>;
+
+/// How many backplane events may wait for the node's dispatch.
+pub const EVENT_QUEUE: usize = 8192;
 
 /// Failures of backplane calls. Each maps to one client error code.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -13,9 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::limits::client_ip;
-use super::{refuse, AppState};
+use super::{failure, refuse, AppState};
 use crate::auth::{dummy_hash, hash_password, key_matches, valid_password, verify_password};
-use crate::backplane::{BackplaneError, PublishRequest};
 use crate::protocol::{is_valid_name, validate_text, HistoryEntry, Limits, TextError};
 
 /// Account routes (token mode only).
@@ -38,24 +37,6 @@ pub(super) fn key_routes() -> Router<AppState> {
 struct Credentials {
     username: String,
     password: String,
-}
-
-fn backplane_failure(e: BackplaneError) -> Response {
-    match e {
-        BackplaneError::Unavailable(_) => refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "backplane unavailable, retry later",
-        ),
-        BackplaneError::Internal(m) => {
-            tracing::error!(error = %m, "backplane error");
-            refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        }
-    }
 }
 
 fn too_many_attempts(wait: std::time::Duration) -> Response {
@@ -121,12 +102,7 @@ async fn register(
             )
         }
     };
-    match app
-        .node
-        .backplane()
-        .create_account(&creds.username, &hash)
-        .await
-    {
+    match app.node.create_account(&creds.username, &hash).await {
         Ok(true) => (
             StatusCode::CREATED,
             Json(json!({ "username": creds.username })),
@@ -137,7 +113,7 @@ async fn register(
             "name_taken",
             "this name is registered",
         ),
-        Err(e) => backplane_failure(e),
+        Err(e) => failure(&e),
     }
 }
 
@@ -159,9 +135,9 @@ async fn login(
         return refuse(StatusCode::NOT_FOUND, "invalid", "logins are off");
     };
     let stored = if is_valid_name(&creds.username) {
-        match app.node.backplane().account_hash(&creds.username).await {
+        match app.node.account_hash(&creds.username).await {
             Ok(h) => h,
-            Err(e) => return backplane_failure(e),
+            Err(e) => return failure(&e),
         }
     } else {
         None
@@ -273,34 +249,9 @@ async fn publish(
             )
         }
     };
-    // A root span per API publish: its trace continues on every node that
-    // delivers the message (see `telemetry`).
-    let span = tracing::debug_span!(
-        parent: None,
-        "publish",
-        room = %req.room,
-        source = "api",
-        otel.kind = "producer"
-    );
-    let traceparent = crate::telemetry::traceparent(&span);
-    match tracing::Instrument::instrument(
-        app.node.backplane().publish(PublishRequest {
-            room: req.room,
-            from,
-            text,
-            client_id: None,
-            origin: None,
-            traceparent,
-        }),
-        span,
-    )
-    .await
-    {
-        Ok(p) => {
-            app.node.metrics.messages_published.inc();
-            Json(json!({ "id": p.id, "ts": p.ts })).into_response()
-        }
-        Err(e) => backplane_failure(e),
+    match app.node.publish_as(&req.room, &from, text).await {
+        Ok(p) => Json(json!({ "id": p.id, "ts": p.ts })).into_response(),
+        Err(e) => failure(&e),
     }
 }
 
@@ -317,7 +268,6 @@ async fn room_history(
     }
     match app
         .node
-        .backplane()
         .history(&room, None, crate::protocol::HISTORY_LEN)
         .await
     {
@@ -325,7 +275,7 @@ async fn room_history(
             let messages: Vec<HistoryEntry> = messages.into_iter().map(Into::into).collect();
             Json(json!({ "room": room, "messages": messages })).into_response()
         }
-        Err(e) => backplane_failure(e),
+        Err(e) => failure(&e),
     }
 }
 
@@ -340,9 +290,9 @@ async fn room_presence(
     if !is_valid_name(&room) {
         return refuse(StatusCode::BAD_REQUEST, "invalid", "bad room name");
     }
-    match app.node.backplane().presence(&room).await {
+    match app.node.presence(&room).await {
         Ok(users) => Json(json!({ "room": room, "users": users })).into_response(),
-        Err(e) => backplane_failure(e),
+        Err(e) => failure(&e),
     }
 }
 
@@ -350,8 +300,8 @@ async fn nodes(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = check_key(&app, &headers) {
         return r;
     }
-    match app.node.backplane().nodes().await {
+    match app.node.nodes().await {
         Ok(nodes) => Json(json!({ "nodes": nodes })).into_response(),
-        Err(e) => backplane_failure(e),
+        Err(e) => failure(&e),
     }
 }

@@ -281,7 +281,7 @@ async fn check_and_upgrade(
                     "missing, invalid or expired token",
                 );
             };
-            match app.node.backplane().account_hash(&claims.sub).await {
+            match app.node.account_hash(&claims.sub).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return refused(

@@ -18,7 +18,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
+use crate::protocol::ErrorCode;
 use crate::session::SessionConfig;
 
 /// Shared state of the router.
@@ -47,6 +48,33 @@ pub fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Res
         Json(json!({ "error": code, "message": message.into() })),
     )
         .into_response()
+}
+
+/// The HTTP status of a PROTOCOL error code: the one mapping of failures
+/// to statuses.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadFrame | ErrorCode::Invalid => StatusCode::BAD_REQUEST,
+        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::RateLimited | ErrorCode::TooManyRooms => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::NotMember | ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::UserOffline | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RoomExists => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A failed node call as an HTTP response: its code's status and the JSON
+/// body of PROTOCOL §1 (internal details are logged, not shown).
+pub fn failure(e: &NodeError) -> Response {
+    let code = e.code();
+    let message = match e {
+        NodeError::Internal(_) => "internal error".to_owned(),
+        NodeError::Unavailable(_) => "backplane unavailable, retry later".to_owned(),
+        other => other.to_string(),
+    };
+    refuse(status_of(code), code.as_str(), message)
 }
 
 /// Builds the router.
@@ -80,12 +108,8 @@ async fn readyz(axum::extract::State(app): axum::extract::State<AppState>) -> Re
             "node is draining",
         );
     }
-    if !app.node.backplane().ready().await {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "backplane unreachable",
-        );
+    if let Err(e) = app.node.ready().await {
+        return failure(&e);
     }
     (StatusCode::OK, "ready").into_response()
 }

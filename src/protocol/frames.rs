@@ -145,6 +145,14 @@ pub enum ErrorCode {
     Unavailable,
     /// Unexpected server error.
     Internal,
+    /// The user may not do this here (second edition, §9).
+    Forbidden,
+    /// The connection joined as many rooms as it may (§9).
+    TooManyRooms,
+    /// `create` of a room that was used before (§9).
+    RoomExists,
+    /// The target of the command does not exist (§9).
+    NotFound,
 }
 
 impl ErrorCode {
@@ -159,6 +167,10 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RoomExists => "room_exists",
+            ErrorCode::NotFound => "not_found",
         }
     }
 }

@@ -333,7 +333,7 @@ impl Gaps {
         event: Event,
     ) {
         let Event::Message { message, epoch, .. } = &event else {
-            deliver.event(event);
+            deliver.event(event).await;
             return;
         };
         let id = message.id;
@@ -365,7 +365,7 @@ impl Gaps {
                 );
             }
         }
-        deliver.event(event);
+        deliver.event(event).await;
     }
 
     /// Delivers what the room of `channel` published after the last message
@@ -426,12 +426,14 @@ async fn recover(
         }
         last = message.id;
         let origin = shared.own_origin(room, message.id, message.ts);
-        deliver.event(Event::Message {
-            message,
-            epoch: epoch.to_owned(),
-            origin,
-            traceparent: None,
-        });
+        deliver
+            .event(Event::Message {
+                message,
+                epoch: epoch.to_owned(),
+                origin,
+                traceparent: None,
+            })
+            .await;
     }
     last
 }

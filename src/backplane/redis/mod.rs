@@ -206,7 +206,7 @@ struct Shared {
     cleanups: Mutex<HashSet<(String, String)>>,
     /// Instances this node is reaping.
     reaping: Mutex<HashSet<String>>,
-    events_tx: Mutex<Option<mpsc::UnboundedSender<Event>>>,
+    events_tx: Mutex<Option<mpsc::Sender<Event>>>,
     sub_tx: mpsc::UnboundedSender<SubCmd>,
     /// Redis Cluster: this node's recent publishes (room, id, ts, origin),
     /// so a message recovered from history after a slot move is still not
@@ -295,7 +295,7 @@ impl RedisBackplane {
         };
         let is_cluster = matches!(conn, Commands::Cluster(_));
 
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(crate::backplane::EVENT_QUEUE);
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             instance: RwLock::new(new_instance(&node_id)),
@@ -396,7 +396,7 @@ impl Shared {
             .clone()
     }
 
-    fn events_sender(&self) -> Option<mpsc::UnboundedSender<Event>> {
+    fn events_sender(&self) -> Option<mpsc::Sender<Event>> {
         lock(&self.events_tx).clone()
     }
 

@@ -349,7 +349,9 @@ async fn read_loop(
             }
             continue;
         }
-        deliver.payload(&shared, msg.get_channel_name(), payload);
+        deliver
+            .payload(&shared, msg.get_channel_name(), payload)
+            .await;
     }
 }
 
@@ -369,7 +371,7 @@ pub(super) fn decode(shared: &Shared, channel: &str, payload: &[u8]) -> Option<E
 /// subscribed to both the recipient's and the sender's channel receives
 /// (keyed by recipient and id: on Redis Cluster ids count per recipient).
 pub(super) struct Deliver {
-    events: Option<mpsc::UnboundedSender<Event>>,
+    events: Option<mpsc::Sender<Event>>,
     recent_dm: VecDeque<(String, u64)>,
 }
 
@@ -383,14 +385,17 @@ impl Deliver {
     }
 
     /// Decodes one payload received on `channel` and delivers its event.
-    pub(super) fn payload(&mut self, shared: &Shared, channel: &str, payload: &[u8]) {
+    pub(super) async fn payload(&mut self, shared: &Shared, channel: &str, payload: &[u8]) {
         if let Some(event) = decode(shared, channel, payload) {
-            self.event(event);
+            self.event(event).await;
         }
     }
 
-    /// Delivers one event.
-    pub(super) fn event(&mut self, event: Event) {
+    /// Delivers one event. When the node's event queue is full this waits
+    /// (the reader stops reading; Redis holds the backlog, up to its pub/sub
+    /// output limit, and a probe that cannot come back in time makes the
+    /// supervisor treat the subscription as lost and repair it).
+    pub(super) async fn event(&mut self, event: Event) {
         if let Event::Direct { message, .. } = &event {
             let key = (message.to.clone(), message.id);
             if self.recent_dm.contains(&key) {
@@ -402,7 +407,7 @@ impl Deliver {
             self.recent_dm.push_back(key);
         }
         if let Some(tx) = &self.events {
-            let _ = tx.send(event);
+            let _ = tx.send(event).await;
         }
     }
 }

@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::Notify;
 
+use super::frame::Frame;
 use super::reason::DisconnectReason;
-use super::wire::Frame;
 
 #[derive(Default)]
 struct State {
