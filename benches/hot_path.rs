@@ -96,7 +96,7 @@ fn node_with_members(
             } else {
                 Encoding::MsgPack
             };
-            let s = node.open_session(&format!("u{i}"), encoding, 4096);
+            let s = node.open_session(&format!("u{i}"), encoding, 4096, 4 << 20);
             node.join(&s, "lobby", None, None, None)
                 .await
                 .expect("join");

@@ -172,6 +172,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub max_rooms_per_conn: u64,
 
+    /// Outbound queue bound per connection in bytes; overflow closes with
+    /// 4000 (a connection that does not read cannot pin more than this).
+    #[arg(long, env = "RELAY_MAX_QUEUE_BYTES", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u64).range(1024..=1 << 30))]
+    pub max_queue_bytes: u64,
+
     /// On SIGTERM: stop accepting, close sockets with 1001 over N seconds, exit.
     #[arg(long, env = "RELAY_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,

@@ -157,6 +157,7 @@ pub async fn run(
         heartbeat: config.heartbeat(),
         rate: config.rate,
         max_queue: config.max_queue as usize,
+        max_queue_bytes: config.max_queue_bytes as usize,
         limits: Limits {
             max_text_chars: config.max_text_chars as usize,
         },

@@ -61,14 +61,17 @@ impl Node {
                     handle.queue.push(frame.get(handle.encoding));
                     sent += 1;
                 }
-                if inner.ring_epoch.as_deref() != Some(epoch.as_str()) {
-                    inner.ring.clear();
-                    inner.ring_epoch = Some(Arc::from(epoch.as_str()));
+                if inner.joining > 0 {
+                    // A join is in flight: keep the message for its replay.
+                    if inner.ring_epoch.as_deref() != Some(epoch.as_str()) {
+                        inner.ring.clear();
+                        inner.ring_epoch = Some(Arc::from(epoch.as_str()));
+                    }
+                    if inner.ring.len() >= RING_LEN {
+                        inner.ring.pop_front();
+                    }
+                    inner.ring.push_back((id, frame));
                 }
-                if inner.ring.len() >= RING_LEN {
-                    inner.ring.pop_front();
-                }
-                inner.ring.push_back((id, frame));
                 drop(inner);
                 span.record("recipients", sent);
                 self.metrics.messages_delivered.inc_by(sent);

@@ -26,9 +26,25 @@ pub(super) struct RoomInner {
     pub(super) members: HashMap<u64, Member>,
     /// Local connections per user (joining or joined).
     pub(super) user_counts: HashMap<String, usize>,
+    /// Joins in flight (snapshot read, not yet registered). Only while one
+    /// is, dispatched messages are kept in `ring`.
+    pub(super) joining: usize,
+    /// Messages dispatched while a join was in flight, for its replay; at
+    /// most [`RING_LEN`], released when the last join in flight ends.
     pub(super) ring: VecDeque<(u64, Arc<SharedFrame>)>,
     /// The epoch of the ids in `ring` (a new epoch empties the ring).
     pub(super) ring_epoch: Option<Arc<str>>,
+}
+
+impl RoomInner {
+    /// A join in flight ended: the last one releases the ring.
+    fn join_done(&mut self) {
+        self.joining = self.joining.saturating_sub(1);
+        if self.joining == 0 {
+            self.ring = VecDeque::new();
+            self.ring_epoch = None;
+        }
+    }
 }
 
 /// A joined session and its join watermark.
@@ -172,6 +188,10 @@ impl Node {
                 .inner
                 .lock()
                 .map_err(|_| BackplaneError::Internal("poisoned".into()))?;
+            // From here until registration, dispatched messages are kept
+            // for this joiner's replay: any message not kept was stored
+            // before the snapshot below is read, so the snapshot has it.
+            inner.joining += 1;
             let count = inner.user_counts.entry(session.user.clone()).or_default();
             *count += 1;
             let first = *count == 1;
@@ -195,6 +215,7 @@ impl Node {
             Err(e) => {
                 if !already_member {
                     if let Ok(mut inner) = room.inner.lock() {
+                        inner.join_done();
                         if decrement(&mut inner.user_counts, &session.user) {
                             self.metrics.presence_entries.dec();
                         }
@@ -241,6 +262,7 @@ impl Node {
                     seen: Some((epoch, last_id)),
                 },
             );
+            inner.join_done();
         }
         Ok(())
     }

@@ -217,6 +217,7 @@ impl Node {
         user: &str,
         encoding: Encoding,
         queue_capacity: usize,
+        queue_bytes: usize,
     ) -> Arc<SessionHandle> {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(SessionHandle {
@@ -226,6 +227,7 @@ impl Node {
             rooms: Mutex::new(HashSet::new()),
             queue: Arc::new(OutQueue::with_drop_counter(
                 queue_capacity,
+                queue_bytes,
                 self.metrics.queue_dropped_frames.clone(),
             )),
         });

@@ -1,6 +1,6 @@
-//! The bounded outbound queue of one connection. Producers (fan-out, command
-//! replies) never block: a push onto a full queue marks the connection as a
-//! slow consumer instead. The writer takes everything queued at once, feeds it
+//! The bounded outbound queue of one connection, bounded in frames and in
+//! bytes. Producers (fan-out, command replies) never block: a push onto a
+//! full queue marks the connection as a slow consumer instead. The writer takes everything queued at once, feeds it
 //! to the socket and flushes once.
 //!
 //! A `std::sync::Mutex` is right here: it is held for a push or a swap, never
@@ -20,14 +20,20 @@ use super::reason::DisconnectReason;
 #[derive(Default)]
 struct State {
     items: Vec<Frame>,
+    /// Bytes of `items` on the wire.
+    bytes: usize,
     close: Option<DisconnectReason>,
 }
+
+/// The bytes a queue holds at most by default (`--max-queue-bytes`).
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
 
 /// Outbound queue of already-encoded frames.
 pub struct OutQueue {
     state: Mutex<State>,
     notify: Notify,
     capacity: usize,
+    max_bytes: usize,
     /// Counts frames lost to an overflow (`relay_queue_dropped_frames_total`).
     dropped: Option<Counter>,
 }
@@ -42,12 +48,19 @@ pub struct Batch {
 }
 
 impl OutQueue {
-    /// A queue holding at most `capacity` frames.
+    /// A queue holding at most `capacity` frames (and the default byte bound).
     pub fn new(capacity: usize) -> Self {
+        Self::bounded(capacity, DEFAULT_MAX_BYTES)
+    }
+
+    /// A queue holding at most `capacity` frames and `max_bytes` bytes (a
+    /// single frame larger than that is still taken by an empty queue).
+    pub fn bounded(capacity: usize, max_bytes: usize) -> Self {
         OutQueue {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             dropped: None,
         }
     }
@@ -55,10 +68,10 @@ impl OutQueue {
     /// A queue that counts in `dropped` every frame an overflow loses: the
     /// backlog discarded when it overflows, the frame that overflowed it, and
     /// frames offered afterwards until the connection is gone.
-    pub fn with_drop_counter(capacity: usize, dropped: Counter) -> Self {
+    pub fn with_drop_counter(capacity: usize, max_bytes: usize, dropped: Counter) -> Self {
         OutQueue {
             dropped: Some(dropped),
-            ..Self::new(capacity)
+            ..Self::bounded(capacity, max_bytes)
         }
     }
 
@@ -81,16 +94,20 @@ impl OutQueue {
             }
             return false;
         }
-        if state.items.len() >= self.capacity {
+        let len = frame.as_bytes().len();
+        let over_bytes = !state.items.is_empty() && state.bytes + len > self.max_bytes;
+        if state.items.len() >= self.capacity || over_bytes {
             state.close = Some(DisconnectReason::SlowConsumer);
             let lost = state.items.len() + 1;
-            state.items.clear();
+            state.items = Vec::new();
+            state.bytes = 0;
             drop(state);
             self.count_dropped(lost);
             self.notify.notify_one();
             return false;
         }
         let wake = state.items.is_empty();
+        state.bytes += len;
         state.items.push(frame);
         drop(state);
         if wake {
@@ -115,6 +132,11 @@ impl OutQueue {
         self.state.lock().ok().and_then(|s| s.close)
     }
 
+    /// Bytes queued (on the wire).
+    pub fn bytes(&self) -> usize {
+        self.state.lock().map(|s| s.bytes).unwrap_or(0)
+    }
+
     /// Number of queued frames.
     pub fn len(&self) -> usize {
         self.state.lock().map(|s| s.items.len()).unwrap_or(0)
@@ -135,6 +157,7 @@ impl OutQueue {
         }
         if let Ok(mut state) = self.state.lock() {
             std::mem::swap(&mut out.frames, &mut state.items);
+            state.bytes = 0;
             out.close = state.close;
         } else {
             out.close = Some(DisconnectReason::Internal);
@@ -167,7 +190,7 @@ mod tests {
     #[test]
     fn overflow_losses_are_counted() {
         let dropped = Counter::default();
-        let q = OutQueue::with_drop_counter(2, dropped.clone());
+        let q = OutQueue::with_drop_counter(2, DEFAULT_MAX_BYTES, dropped.clone());
         assert!(q.push(Frame::text(b"a")));
         assert!(q.push(Frame::text(b"b")));
         assert_eq!(dropped.get(), 0);
@@ -175,10 +198,29 @@ mod tests {
         assert_eq!(dropped.get(), 3, "the backlog and the overflowing frame");
         assert!(!q.push(Frame::text(b"d")));
         assert_eq!(dropped.get(), 4, "frames offered after the overflow");
-        let other = OutQueue::with_drop_counter(2, dropped.clone());
+        let other = OutQueue::with_drop_counter(2, DEFAULT_MAX_BYTES, dropped.clone());
         other.close(DisconnectReason::Draining);
         assert!(!other.push(Frame::text(b"e")));
         assert_eq!(dropped.get(), 4, "a closing queue is no overflow");
+    }
+
+    #[test]
+    fn overflow_in_bytes_closes_as_slow_consumer() {
+        let q = OutQueue::bounded(1000, 100);
+        let big = Frame::binary(&[0u8; 60]); // 62 bytes on the wire
+        assert!(
+            q.push(Frame::binary(&[0u8; 500])),
+            "an empty queue takes any frame"
+        );
+        let mut b = Batch::default();
+        q.take(&mut b);
+        assert_eq!(q.bytes(), 0, "taking empties the byte count");
+        assert!(q.push(big.clone()));
+        assert_eq!(q.bytes(), 62);
+        assert!(!q.push(big), "124 bytes > 100");
+        assert_eq!(q.closed(), Some(DisconnectReason::SlowConsumer));
+        q.take(&mut b);
+        assert!(b.frames.is_empty());
     }
 
     #[test]

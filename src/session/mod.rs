@@ -53,6 +53,8 @@ pub struct SessionConfig {
     pub rate: u32,
     /// Outbound queue capacity in frames.
     pub max_queue: usize,
+    /// Outbound queue capacity in bytes.
+    pub max_queue_bytes: usize,
     /// Input limits.
     pub limits: Limits,
 }
@@ -78,7 +80,7 @@ pub fn run(
     config: Arc<SessionConfig>,
     expires: Option<Instant>,
 ) -> impl std::future::Future<Output = ()> + Send {
-    let handle = node.open_session(&user, encoding, config.max_queue);
+    let handle = node.open_session(&user, encoding, config.max_queue, config.max_queue_bytes);
     tracing::Span::current().record("session", handle.id);
     let metrics = node.metrics.clone();
     let enc_label = crate::metrics::EncodingLabel {
@@ -147,7 +149,7 @@ struct Finish {
     handle: Arc<SessionHandle>,
     lease: UserLease,
     stream: WsReader,
-    writer: tokio::task::JoinHandle<DisconnectReason>,
+    writer: tokio::task::JoinHandle<writer::WriterEnd>,
     read_reason: Option<DisconnectReason>,
     enc_label: crate::metrics::EncodingLabel,
     started: Instant,
@@ -174,20 +176,46 @@ async fn finish(f: Finish) {
     // Closing handshake: while the writer sends our close frame, keep reading
     // (and discarding) until the peer's close frame or EOF. Dropping a socket
     // with unread input would reset it and could destroy our close frame.
+    // Not when the writer ended without getting its close frame out: there
+    // is no handshake to complete then.
+    let mut writer = writer;
+    let mut ended = None;
     if read_reason != Some(DisconnectReason::ClientClosed) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            while let Some(Ok(m)) = stream.next().await {
-                if matches!(m, Message::Close(_)) {
-                    break;
+            loop {
+                tokio::select! {
+                    end = &mut writer, if ended.is_none() => {
+                        let end = end.ok();
+                        ended = Some(end);
+                        if !end.is_some_and(|e| e.close_sent) {
+                            break;
+                        }
+                    }
+                    m = stream.next() => match m {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    },
                 }
             }
         })
         .await;
     }
-    let reason = match tokio::time::timeout(CLOSE_TIMEOUT * 2, writer).await {
-        Ok(Ok(reason)) => reason,
-        _ => DisconnectReason::WriteError,
+    // The writer sends the close frame within CLOSE_TIMEOUT (each of its
+    // writes is bounded); past that it is aborted, which drops the socket's
+    // write half and the queued frames: nothing of the connection outlives
+    // it by more than a few seconds, whatever the peer does.
+    let end = match ended {
+        Some(end) => end,
+        None => match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
+            Ok(end) => end.ok(),
+            Err(_) => {
+                writer.abort();
+                None
+            }
+        },
     };
+    let reason = end.map_or(DisconnectReason::WriteError, |e| e.reason);
+    drop(stream);
 
     metrics.connections.get_or_create(&enc_label).dec();
     metrics

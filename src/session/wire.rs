@@ -13,6 +13,7 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -112,11 +113,15 @@ impl WriteSide {
         }
     }
 
-    /// Flushes buffered bytes (TLS); a no-op on plain TCP.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    /// Flushes buffered bytes (TLS); a no-op on plain TCP. Fails with
+    /// `TimedOut` when the flush makes no progress within `stall`.
+    pub async fn flush(&mut self, stall: Duration) -> io::Result<()> {
         match self {
             WriteSide::Tcp(_) => Ok(()),
-            WriteSide::Other(w) => w.flush().await,
+            WriteSide::Other(w) => match tokio::time::timeout(stall, w.flush()).await {
+                Ok(r) => r,
+                Err(_) => Err(io::ErrorKind::TimedOut.into()),
+            },
         }
     }
 }
@@ -137,11 +142,19 @@ thread_local! {
 /// to 64 KiB per write). A plain `write` of one buffer costs the kernel far
 /// less than a vectored write of many small ones: each iovec is imported
 /// and checked apart (`copy_from_iter`, `check_object_size` in profiles).
-pub async fn write_frames(out: &mut WriteSide, frames: &[Frame]) -> io::Result<()> {
+///
+/// `stall` bounds each write call: a socket that accepts no byte for that
+/// long (a peer that stopped reading with full buffers) fails the write
+/// with `TimedOut`, so a writer can never hang on a dead reader.
+pub async fn write_frames(
+    out: &mut WriteSide,
+    frames: &[Frame],
+    stall: Duration,
+) -> io::Result<()> {
     let mut next = 0; // first frame not fully written
     let mut offset = 0; // bytes of `frames[next]` already written
     while next < frames.len() {
-        let n = std::future::poll_fn(|cx| {
+        let write = std::future::poll_fn(|cx| {
             let first = &frames[next].as_bytes()[offset..];
             if next + 1 == frames.len() || first.len() >= MAX_WRITE {
                 return out.poll_write(cx, first);
@@ -162,8 +175,12 @@ pub async fn write_frames(out: &mut WriteSide, frames: &[Frame]) -> io::Result<(
                 }
                 polled
             })
-        })
-        .await?;
+        });
+        // The timer is armed only when the write does not complete at once.
+        let n = match tokio::time::timeout(stall, write).await {
+            Ok(n) => n?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -220,7 +237,9 @@ mod tests {
         let frames: Vec<Frame> = (0..200)
             .map(|i| Frame::binary(&vec![i as u8; 1 + (i * 7919) % 60_000]))
             .collect();
-        write_frames(&mut w, &frames).await.unwrap();
+        write_frames(&mut w, &frames, Duration::from_secs(10))
+            .await
+            .unwrap();
         drop(w); // FIN
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.as_bytes().to_vec()).collect();
         assert_eq!(client.await.unwrap(), expected);

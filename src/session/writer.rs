@@ -1,7 +1,8 @@
 //! The writer task of a connection: drains the bounded outbound queue of
 //! pre-built frames (everything queued, in as few `send()` calls as the
 //! socket takes), sends a ping every heartbeat, closes a connection silent
-//! for two heartbeats, and ends with the close frame.
+//! for two heartbeats or whose socket takes no byte for two heartbeats (a
+//! peer that stopped reading), and ends with the close frame.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,16 @@ use super::CLOSE_TIMEOUT;
 use crate::node::SessionHandle;
 use crate::outbound::{Batch, DisconnectReason, Frame};
 
+/// How a writer ended.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct WriterEnd {
+    /// Why the connection ends.
+    pub(super) reason: DisconnectReason,
+    /// Whether the close frame reached the socket (else there is no closing
+    /// handshake to wait for).
+    pub(super) close_sent: bool,
+}
+
 /// Writes queued frames, pings, and the close frame. Returns why it stopped.
 pub(super) async fn write_loop(
     mut sink: WriteSide,
@@ -23,19 +34,27 @@ pub(super) async fn write_loop(
     started: Instant,
     heartbeat: Duration,
     done: CancellationToken,
-) -> DisconnectReason {
+) -> WriterEnd {
     let reason = write_frames(&mut sink, &handle, &last_seen, started, heartbeat).await;
+    let mut close_sent = false;
     if reason != DisconnectReason::WriteError {
         let frame = Frame::close(reason.close_code(), reason.close_text());
+        // A slow consumer's socket is known to be backed up: a short try.
+        let within = if reason == DisconnectReason::SlowConsumer {
+            Duration::from_secs(1)
+        } else {
+            CLOSE_TIMEOUT
+        };
         // Boxed: its timer would otherwise enlarge every writer's state.
-        let _ = Box::pin(tokio::time::timeout(CLOSE_TIMEOUT, async {
-            wire::write_frames(&mut sink, std::slice::from_ref(&frame)).await?;
-            sink.flush().await
-        }))
-        .await;
+        close_sent = Box::pin(async {
+            wire::write_frames(&mut sink, std::slice::from_ref(&frame), within).await?;
+            sink.flush(within).await
+        })
+        .await
+        .is_ok();
     }
     done.cancel();
-    reason
+    WriterEnd { reason, close_sent }
 }
 
 async fn write_frames(
@@ -45,6 +64,8 @@ async fn write_frames(
     started: Instant,
     heartbeat: Duration,
 ) -> DisconnectReason {
+    // A write that makes no progress this long ends the connection.
+    let stall = heartbeat * 2;
     let mut ticker = tokio::time::interval_at(started + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Batch::default();
@@ -68,14 +89,23 @@ async fn write_frames(
         if ping && batch.close.is_none() {
             batch.frames.push(Frame::ping());
         }
-        if wire::write_frames(sink, &batch.frames).await.is_err() {
+        if wire::write_frames(sink, &batch.frames, stall)
+            .await
+            .is_err()
+        {
             return DisconnectReason::WriteError;
         }
-        batch.frames.clear();
+        // Free the batch now: a large one must not stay resident while the
+        // connection idles.
+        if batch.frames.capacity() > 64 {
+            batch.frames = Vec::new();
+        } else {
+            batch.frames.clear();
+        }
         if let Some(reason) = batch.close {
             return reason;
         }
-        if sink.flush().await.is_err() {
+        if sink.flush(stall).await.is_err() {
             return DisconnectReason::WriteError;
         }
     }
