@@ -211,7 +211,7 @@ if [ "${RELAY_WEB_FROM_DISK:-0}" = "1" ]; then
   log "RELAY_WEB_FROM_DISK=1: the page comes from $ROOT/web, not from the binary"
 fi
 if [ -f "$ROOT/docker/nginx.conf" ]; then TEMPLATE="$ROOT/docker/nginx.conf"; fi
-node "$HERE/lib/nginx-conf.mjs" --prefix "$RUN/nginx" --listen "$PORT_LB" \
+node "$ROOT/tests/harness/nginx-conf.mjs" --prefix "$RUN/nginx" --listen "$PORT_LB" \
   --upstream "127.0.0.1:$PORT_A" --upstream "127.0.0.1:$PORT_B" ${TEMPLATE:+--template "$TEMPLATE"} \
   "${WEB_ARGS[@]}" >/dev/null
 log "nginx config from ${TEMPLATE:-the inline fallback}"
