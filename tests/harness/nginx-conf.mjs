@@ -56,7 +56,6 @@ function staticLocations(indent) {
   return [
     `location = / { root ${staticDir}; ${types} try_files /index.html =404; add_header Cache-Control no-cache; }`,
     `location = /index.html { root ${staticDir}; ${types} add_header Cache-Control no-cache; }`,
-    `location = /app.js { root ${staticDir}; ${types} add_header Cache-Control no-cache; }`,
     `location = /style.css { root ${staticDir}; ${types} add_header Cache-Control no-cache; }`,
     `location /app/ { root ${staticDir}; ${types} add_header Cache-Control no-cache; }`,
     `location /lib/ { root ${staticDir}; ${types} add_header Cache-Control no-cache; }`,
