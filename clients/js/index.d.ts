@@ -133,7 +133,8 @@ export interface TypingEvent { type: 'typing'; room: string; user: string; activ
 export interface Presence { type: 'presence'; room: string; users: string[] }
 export interface HistoryPage { type: 'history'; room: string; messages: Message[]; has_more?: boolean }
 export interface DmHistoryPage { type: 'dm_history'; with: string; messages: Direct[]; has_more?: boolean }
-export interface ErrorEvent { type: 'error'; code: string; message: string; ref?: number | string; retry_ms?: number; room?: string; command?: string; error: RelayError }
+/** An error reply that no pending request took: `command` names a command without a reply (typing, ping, read) or a join. */
+export interface ErrorEvent { type: 'error'; code: string; message: string; ref?: number | string; retry_ms?: number; room?: string; command?: 'join' | 'typing' | 'ping' | 'read' | string; error: RelayError }
 export interface Disconnect {
   code: number;
   reason: string;

@@ -10,6 +10,7 @@ import { toast, setBanner, setPhase, updateReconnectBanner, flashReconnected, up
 import { renderAll } from './render.js';
 import { ensureRoom, joinRoom, saveRooms, onJoined, onMessage, onUserJoined, onUserLeft, onTyping, onPresence, onKicked, onDisconnected } from './rooms.js';
 import { onDirect } from './dms.js';
+import { errorText } from './outbox.js';
 import { showLogin, showChat, setLoginBusy } from './login.js';
 
 const PHASE = { idle: 'idle', connecting: 'connecting', open: 'open', reconnecting: 'reconnecting', stopped: 'stopped', closed: 'idle' };
@@ -62,8 +63,10 @@ export function startSession(creds) {
   on('presence', onPresence);
   on('kicked', onKicked);
   on('error', (f) => {
-    if (f.command === 'join') return; // reported by the join's promise
-    toast(f.message ? `${f.code}: ${f.message}` : f.code, { tone: 'error', code: f.code });
+    // A join's error is reported by its promise; typing and pings are never worth bothering the user.
+    if (f.command === 'join' || f.command === 'typing' || f.command === 'ping') return;
+    const text = errorText(f.code);
+    toast(f.message && f.code !== 'rate_limited' ? `${text} ${f.message}` : text, { tone: f.code === 'rate_limited' ? 'warn' : 'error', code: f.code });
   });
   for (const room of S.rooms.values()) joinRoom(room);
   client.connect().catch(() => { /* reported by the 'disconnect' event */ });

@@ -128,6 +128,8 @@ export class RelayClient extends Emitter {
     this._pingSentAt = 0;
     /** @type {Set<Typist>} */
     this._typists = new Set();
+    /** @type {Map<number, {command: string, room?: string, at: number}>} refs of commands without a reply */
+    this._quiet = new Map();
     /** @type {Promise<import('./codec.js').Codec> | null} */
     this._codec = null;
     /** @type {Array<{resolve: Function, reject: Function}>} */
@@ -293,7 +295,7 @@ export class RelayClient extends Emitter {
   typing(room, active) {
     const r = this.rooms.get(room);
     if (!this._isOpen() || !r || !r.joined) return false;
-    return this._write({ type: 'typing', room, active: !!active });
+    return this._writeQuiet({ type: 'typing', room, active: !!active });
   }
 
   /**
@@ -385,7 +387,7 @@ export class RelayClient extends Emitter {
    * @param {string} type
    * @param {Record<string, any>} [fields]
    */
-  notify(type, fields = {}) { return this._isOpen() && this._write({ ...fields, type }); }
+  notify(type, fields = {}) { return this._isOpen() && this._writeQuiet({ ...fields, type }); }
 
   /** @param {string} room @param {{private?: boolean}} [o] */
   create(room, o = {}) { return this.request('create', { room, private: !!o.private }); }
@@ -637,6 +639,23 @@ export class RelayClient extends Emitter {
     }
   }
 
+  /**
+   * Writes a command that has no reply on success (typing, read, the
+   * heartbeat ping) with a `ref`, so that an error it causes is told apart:
+   * it is emitted as 'error' with `command` set, never taken for another
+   * command's.
+   * @param {any} frame @returns {boolean}
+   */
+  _writeQuiet(frame) {
+    const ref = ++this._refSeq;
+    const now = Date.now();
+    this._quiet.set(ref, { command: frame.type, room: frame.room, at: now });
+    if (this._quiet.size > 256) {
+      for (const [k, v] of this._quiet) { if (now - v.at > 10000 || this._quiet.size > 256) this._quiet.delete(k); else break; }
+    }
+    return this._write({ ...frame, ref });
+  }
+
   _startHeartbeat() {
     clearInterval(this._hbTimer);
     const every = Math.min(Math.max(this.heartbeatMs, 1000), 30000);
@@ -652,7 +671,7 @@ export class RelayClient extends Emitter {
       }
       if (!waiting && now - this._lastRx >= every) {
         this._pingSentAt = now;
-        this._write({ type: 'ping' });
+        this._writeQuiet({ type: 'ping' });
       }
       this._sweepOutbox(now);
     }, every);
@@ -897,6 +916,12 @@ export class RelayClient extends Emitter {
       return;
     }
     if (pend) { pend.reject(err); return; }
+    const quiet = f.ref != null ? this._quiet.get(Number(f.ref)) : undefined;
+    if (quiet) {
+      this._quiet.delete(Number(f.ref));
+      this.emit('error', { ...f, code, command: quiet.command, room: f.room ?? quiet.room, error: err });
+      return;
+    }
     this.emit('error', { ...f, code, error: err });
   }
 
