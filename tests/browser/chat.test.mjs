@@ -296,6 +296,11 @@ test('after missing more than 50 messages the page says so and shows the latest 
     await alice.waitMessage('missed 55');
     const shown = await alice.messages().evaluateAll((els) => els.map((e) => e.querySelector('[data-testid="message-text"]').textContent));
     assert.deepEqual(shown, texts.slice(-50), 'the room history was replaced by the latest 50 messages');
+    // The gap offers paging back (history {before}); the server keeps 50 here, so nothing older is left.
+    await alice.page.locator('[data-testid="notice"][data-kind="gap"] [data-testid="load-older"]').click();
+    await alice.page.locator('[data-testid="notice"][data-kind="gap"] [data-testid="no-older"]').waitFor();
+    const after = await alice.messages().evaluateAll((els) => els.map((e) => e.querySelector('[data-testid="message-text"]').textContent));
+    assert.deepEqual(after, texts.slice(-50), 'paging back added nothing twice');
   })(t);
 });
 

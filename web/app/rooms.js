@@ -98,6 +98,39 @@ export function addNotice(room, text, kind, ts) {
   pushItem(room.items, item, isActiveRoom(room.name) ? D.roomMessages : null, D.roomScroller, D.roomJump, true);
 }
 
+/**
+ * After a gap: a button that pages back through the room's history
+ * (`history {before}`) and fills in what the server still has.
+ */
+function addOlderButton(room, before) {
+  const notice = room.items[room.items.length - 1];
+  if (!notice || notice.kind !== 'notice' || before == null || !(before > 1)) return;
+  let oldest = before;
+  const btn = h('button', { className: 'link-btn', text: 'Load earlier messages', attrs: { type: 'button' }, data: { testid: 'load-older' } });
+  btn.addEventListener('click', async () => {
+    if (!S.client) return;
+    btn.disabled = true;
+    try {
+      const page = await S.client.history(room.name, { before: oldest, limit: 50 });
+      const msgs = Array.isArray(page.messages) ? page.messages : [];
+      for (const m of msgs) {
+        const id = Number(m.id);
+        if (!Number.isFinite(id) || room.ids.has(id)) continue;
+        room.ids.add(id);
+        insertSorted(room, msgItem({ ...m, id, status: 'sent' }), true);
+      }
+      if (msgs.length) oldest = Math.min(oldest, ...msgs.map((m) => Number(m.id)));
+      const more = page.has_more === true || (page.has_more == null && msgs.length === 50 && oldest > 1);
+      if (!more) btn.replaceWith(h('span', { className: 'muted small', text: msgs.length ? ' That is all the server keeps.' : ' No earlier messages are available.', data: { testid: 'no-older' } }));
+      else btn.disabled = false;
+    } catch (e) {
+      btn.disabled = false;
+      toast(`Could not load earlier messages: ${e && e.message ? e.message : e}`, { tone: 'error', code: e && e.code });
+    }
+  });
+  notice.node.append(' ', btn);
+}
+
 function clearTyping(room, user) {
   if (!room.typing.has(user)) return;
   clearTimeout(room.typing.get(user));
@@ -127,6 +160,7 @@ export function onJoined(ev) {
     clearHistory(room);
     if (isActiveRoom(room.name)) renderRoomPane(true);
     addNotice(room, 'Some messages may have been missed while you were away. Showing the latest messages.', 'gap');
+    addOlderButton(room, ev.history && ev.history.length ? Number(ev.history[0].id) : null);
   }
   if (isActiveRoom(room.name)) renderRoomHead();
   if (peopleRoomName() === room.name) renderPeople();
