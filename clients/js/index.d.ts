@@ -51,9 +51,9 @@ export interface RelayClientOptions {
   connectTimeoutMs?: number;
   /** Reply timeout of requests (default 10000). */
   requestTimeoutMs?: number;
-  /** A room message unacknowledged this long is sent again, same client_id (default 8000). */
+  /** A room message unacknowledged this long on an open connection is sent again, same client_id, up to maxSendRetries times, then rejected with `timeout` (default 8000). */
   ackTimeoutMs?: number;
-  /** Give up on a send after this long (0, the default: never, until close()). */
+  /** Give up on a send after this long, connected or not (0, the default: only the ack timeouts above, which do not run while disconnected). */
   sendTimeoutMs?: number;
   /** rate_limited / unavailable retries per message (default 5). */
   maxSendRetries?: number;

@@ -14,7 +14,10 @@ const STYLE: &str = include_str!("../../web/style.css");
 /// the JavaScript client library (`web/lib/relay/`, from `clients/js/`), by
 /// URL path.
 const MODULES: &[(&str, &str)] = &[
-    ("/app/connection.js", include_str!("../../web/app/connection.js")),
+    (
+        "/app/connection.js",
+        include_str!("../../web/app/connection.js"),
+    ),
     ("/app/dms.js", include_str!("../../web/app/dms.js")),
     ("/app/dom.js", include_str!("../../web/app/dom.js")),
     ("/app/login.js", include_str!("../../web/app/login.js")),
@@ -27,14 +30,38 @@ const MODULES: &[(&str, &str)] = &[
     ("/app/status.js", include_str!("../../web/app/status.js")),
     ("/app/storage.js", include_str!("../../web/app/storage.js")),
     ("/app/typing.js", include_str!("../../web/app/typing.js")),
-    ("/lib/relay/index.js", include_str!("../../web/lib/relay/index.js")),
-    ("/lib/relay/src/backoff.js", include_str!("../../web/lib/relay/src/backoff.js")),
-    ("/lib/relay/src/client.js", include_str!("../../web/lib/relay/src/client.js")),
-    ("/lib/relay/src/codec.js", include_str!("../../web/lib/relay/src/codec.js")),
-    ("/lib/relay/src/emitter.js", include_str!("../../web/lib/relay/src/emitter.js")),
-    ("/lib/relay/src/errors.js", include_str!("../../web/lib/relay/src/errors.js")),
-    ("/lib/relay/src/http.js", include_str!("../../web/lib/relay/src/http.js")),
-    ("/lib/relay/src/typing.js", include_str!("../../web/lib/relay/src/typing.js")),
+    (
+        "/lib/relay/index.js",
+        include_str!("../../web/lib/relay/index.js"),
+    ),
+    (
+        "/lib/relay/src/backoff.js",
+        include_str!("../../web/lib/relay/src/backoff.js"),
+    ),
+    (
+        "/lib/relay/src/client.js",
+        include_str!("../../web/lib/relay/src/client.js"),
+    ),
+    (
+        "/lib/relay/src/codec.js",
+        include_str!("../../web/lib/relay/src/codec.js"),
+    ),
+    (
+        "/lib/relay/src/emitter.js",
+        include_str!("../../web/lib/relay/src/emitter.js"),
+    ),
+    (
+        "/lib/relay/src/errors.js",
+        include_str!("../../web/lib/relay/src/errors.js"),
+    ),
+    (
+        "/lib/relay/src/http.js",
+        include_str!("../../web/lib/relay/src/http.js"),
+    ),
+    (
+        "/lib/relay/src/typing.js",
+        include_str!("../../web/lib/relay/src/typing.js"),
+    ),
 ];
 
 /// Routes of the static files.

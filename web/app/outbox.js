@@ -3,7 +3,7 @@
 // then confirmed with the server id from the ack, or marked failed with
 // Retry (same client_id: never delivered twice) and Discard.
 import { D, charCount, nearBottom, scrollToBottom } from './dom.js';
-import { S, maxChars, isActiveRoom, ACK_TIMEOUT_MS } from './state.js';
+import { S, maxChars, isActiveRoom } from './state.js';
 import { newClientId } from '../lib/relay/index.js';
 import { toast } from './status.js';
 import { msgItem, pushItem, refreshItem } from './render.js';
@@ -68,8 +68,8 @@ function transmit(item) {
   const client = S.client;
   if (!client) return;
   const p = item.room
-    ? client.send(item.room, item.text, { clientId: item.clientId, timeoutMs: ACK_TIMEOUT_MS })
-    : client.dm(item.peer, item.text, { timeoutMs: ACK_TIMEOUT_MS });
+    ? client.send(item.room, item.text, { clientId: item.clientId })
+    : client.dm(item.peer, item.text);
   p.then((ack) => { if (S.client === client) confirmItem(item, ack); }, (err) => {
     if (S.client !== client || item.status !== 'pending') return;
     const code = (err && err.code) || 'internal';

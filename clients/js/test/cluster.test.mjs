@@ -31,11 +31,14 @@ const guard = (fn) => async (t) => { try { await fn(t); } catch (e) { failed = t
 
 /** A client through the load balancer that landed on `nodeId` (new clients until one does). */
 async function landOn(nodeId, opts) {
-  for (let i = 0; i < 20; i++) {
+  // nginx may keep a node it saw fail out of rotation for a while: keep trying (bounded).
+  const deadline = Date.now() + 30000;
+  for (let i = 0; i < 200 && Date.now() < deadline; i++) {
     const c = client(lb, { user: uniq('alice'), ...opts });
     await c.connect();
     if (c.node === nodeId) return track(c);
     c.close();
+    await sleep(100);
   }
   throw new Error(`the load balancer never sent a client to ${nodeId}`);
 }

@@ -998,7 +998,7 @@ export class RelayClient extends Emitter {
   _enqueue(item, timeoutMs) {
     if (this.state === 'closed') return Promise.reject(new RelayError('closed', 'the client was closed'));
     return new Promise((resolve, reject) => {
-      Object.assign(item, { resolve, reject, ref: null, written: false, ambiguous: false, holding: false, retries: 0, rejoinTried: false, sentAt: 0 });
+      Object.assign(item, { resolve, reject, ref: null, written: false, ambiguous: false, holding: false, retries: 0, sweeps: 0, rejoinTried: false, sentAt: 0 });
       const ms = timeoutMs ?? this.options.sendTimeoutMs;
       if (ms > 0) item.deadline = setTimeout(() => this._settle(item, new RelayError('timeout', `not acknowledged within ${ms} ms`)), ms);
       this._outbox.push(item);
@@ -1103,14 +1103,23 @@ export class RelayClient extends Emitter {
     for (const r of this.rooms.values()) { r.hold = 0; clearTimeout(r.holdTimer); r.holdTimer = null; }
   }
 
-  /** Sends again (same client_id) room messages whose ack is overdue. @param {number} now */
+  /**
+   * Room messages whose ack is overdue on an open connection are sent again
+   * (same client_id), at most `maxSendRetries` times, then rejected with
+   * `timeout`; an overdue DM (no idempotency key) is rejected after two
+   * ack timeouts. Time spent disconnected does not count.
+   * @param {number} now
+   */
   _sweepOutbox(now) {
-    for (const item of this._outbox) {
+    for (const item of [...this._outbox]) {
       if (item.ref == null || now - item.sentAt < this.options.ackTimeoutMs) continue;
-      if (item.kind === 'send') {
+      if (item.kind === 'send' && item.sweeps < this.options.maxSendRetries) {
+        item.sweeps++;
         this._pending.delete(item.ref);
         item.ref = null;
         this._pump(item);
+      } else if (item.kind === 'send' || now - item.sentAt >= 2 * this.options.ackTimeoutMs) {
+        this._settle(item, new RelayError('timeout', 'the server did not acknowledge the message'));
       }
     }
   }
