@@ -130,7 +130,11 @@ export class RelayNode {
   async restart() { return this.start(); }
 }
 
-/** A TCP proxy on a free port in front of `target`; `cut()` drops every connection and refuses new ones until `restore()`. */
+/**
+ * A TCP proxy on a free port in front of `target`; `cut()` drops every
+ * connection and refuses new ones until `restore()`; `muteReplies()` swallows
+ * what the server sends, so commands arrive and their replies are lost.
+ */
 export class TcpProxy {
   constructor(targetPort) {
     this.targetPort = targetPort;
@@ -143,8 +147,10 @@ export class TcpProxy {
       const drop = () => { client.destroy(); upstream.destroy(); this.sockets.delete(client); this.sockets.delete(upstream); };
       client.on('error', drop); upstream.on('error', drop);
       client.on('close', drop); upstream.on('close', drop);
-      client.pipe(upstream); upstream.pipe(client);
+      client.on('data', (d) => upstream.write(d));
+      upstream.on('data', (d) => { if (!this.muted) client.write(d); });
     });
+    this.muted = false;
   }
 
   async listen() {
@@ -161,7 +167,11 @@ export class TcpProxy {
     this.sockets.clear();
   }
 
-  restore() { this.blocked = false; }
+  /** Drops what the server sends (acks included) while the client's frames still reach it. */
+  muteReplies() { this.muted = true; }
+
+  /** Lets connections in again (and replies through). */
+  restore() { this.blocked = false; this.muted = false; }
 
   close() { this.cut(); return new Promise((r) => this.server.close(r)); }
 }

@@ -182,9 +182,13 @@ test('a burst of sends across a reconnect arrives exactly once, in order', T, gu
   const N = 40;
   const promises = [];
   for (let i = 0; i < N; i++) {
+    // 0..9 acked; 10..19 reach the server but their acks are lost (the
+    // proxy swallows replies, then the connection drops); 20..29 are sent
+    // while disconnected; 30..39 after the network is back.
+    if (i === 10) proxy.muteReplies();
+    if (i === 20) { await sleep(200); proxy.cut(); }
+    if (i === 30) { proxy.restore(); await sleep(50); }
     promises.push(bob.send(room, `burst ${i}`));
-    if (i === 15) proxy.cut(); // some written and unacked, some not yet written
-    if (i === 25) setTimeout(() => proxy.restore(), 300);
     await sleep(5);
   }
   const acks = await Promise.all(promises);
