@@ -8,12 +8,65 @@ use axum::Router;
 use super::AppState;
 
 const INDEX: &str = include_str!("../../web/index.html");
-const APP_JS: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/style.css");
+
+/// The page's ES modules (`web/app/*.js`: one concern a file) and its copy of
+/// the JavaScript client library (`web/lib/relay/`, from `clients/js/`), by
+/// URL path.
+const MODULES: &[(&str, &str)] = &[
+    (
+        "/app/connection.js",
+        include_str!("../../web/app/connection.js"),
+    ),
+    ("/app/dms.js", include_str!("../../web/app/dms.js")),
+    ("/app/dom.js", include_str!("../../web/app/dom.js")),
+    ("/app/login.js", include_str!("../../web/app/login.js")),
+    ("/app/main.js", include_str!("../../web/app/main.js")),
+    ("/app/nav.js", include_str!("../../web/app/nav.js")),
+    ("/app/outbox.js", include_str!("../../web/app/outbox.js")),
+    ("/app/render.js", include_str!("../../web/app/render.js")),
+    ("/app/rooms.js", include_str!("../../web/app/rooms.js")),
+    ("/app/state.js", include_str!("../../web/app/state.js")),
+    ("/app/status.js", include_str!("../../web/app/status.js")),
+    ("/app/storage.js", include_str!("../../web/app/storage.js")),
+    ("/app/typing.js", include_str!("../../web/app/typing.js")),
+    (
+        "/lib/relay/index.js",
+        include_str!("../../web/lib/relay/index.js"),
+    ),
+    (
+        "/lib/relay/src/backoff.js",
+        include_str!("../../web/lib/relay/src/backoff.js"),
+    ),
+    (
+        "/lib/relay/src/client.js",
+        include_str!("../../web/lib/relay/src/client.js"),
+    ),
+    (
+        "/lib/relay/src/codec.js",
+        include_str!("../../web/lib/relay/src/codec.js"),
+    ),
+    (
+        "/lib/relay/src/emitter.js",
+        include_str!("../../web/lib/relay/src/emitter.js"),
+    ),
+    (
+        "/lib/relay/src/errors.js",
+        include_str!("../../web/lib/relay/src/errors.js"),
+    ),
+    (
+        "/lib/relay/src/http.js",
+        include_str!("../../web/lib/relay/src/http.js"),
+    ),
+    (
+        "/lib/relay/src/typing.js",
+        include_str!("../../web/lib/relay/src/typing.js"),
+    ),
+];
 
 /// Routes of the static files.
 pub(super) fn routes() -> Router<AppState> {
-    Router::new()
+    let mut router = Router::new()
         .route(
             "/",
             get(|| async { file("text/html; charset=utf-8", INDEX) }),
@@ -23,13 +76,16 @@ pub(super) fn routes() -> Router<AppState> {
             get(|| async { file("text/html; charset=utf-8", INDEX) }),
         )
         .route(
-            "/app.js",
-            get(|| async { file("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
             "/style.css",
             get(|| async { file("text/css; charset=utf-8", STYLE) }),
-        )
+        );
+    for &(path, body) in MODULES {
+        router = router.route(
+            path,
+            get(move || async move { file("text/javascript; charset=utf-8", body) }),
+        );
+    }
+    router
 }
 
 fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -296,6 +296,28 @@ test('after missing more than 50 messages the page says so and shows the latest 
     await alice.waitMessage('missed 55');
     const shown = await alice.messages().evaluateAll((els) => els.map((e) => e.querySelector('[data-testid="message-text"]').textContent));
     assert.deepEqual(shown, texts.slice(-50), 'the room history was replaced by the latest 50 messages');
+    // The gap offers paging back (history {before}); the server keeps 50 here, so nothing older is left.
+    await alice.page.locator('[data-testid="notice"][data-kind="gap"] [data-testid="load-older"]').click();
+    await alice.page.locator('[data-testid="notice"][data-kind="gap"] [data-testid="no-older"]').waitFor();
+    const after = await alice.messages().evaluateAll((els) => els.map((e) => e.querySelector('[data-testid="message-text"]').textContent));
+    assert.deepEqual(after, texts.slice(-50), 'paging back added nothing twice');
+
+    // Written while away: shown as pending, sent once the page is back (the
+    // client library's outbox), received exactly once.
+    blocked = true;
+    for (const ws of live.splice(0)) await ws.close({ code: 1001, reason: 'network lost again (test)' });
+    await alice.page.waitForFunction(() => document.body.dataset.connection === 'reconnecting');
+    const away = `written while away ${Date.now()}`;
+    await alice.send(away);
+    await alice.messages(away).and(alice.page.locator('[data-status="pending"]')).waitFor();
+    blocked = false;
+    await alice.page.evaluate(() => window.dispatchEvent(new Event('online')));
+    await alice.waitConnected(20000);
+    const awayId = await alice.waitMessage(away, 15000);
+    assert.equal(await bob.waitMessage(away, 15000), awayId, 'bob got it with the same id');
+    await sleep(500);
+    assert.equal(await bob.countText(away), 1, 'delivered once');
+    assert.equal(await alice.countText(away), 1, 'shown once');
   })(t);
 });
 

@@ -187,9 +187,9 @@ curl -fsS --max-time 2 "http://127.0.0.1:$PORT_T/api/config" | grep -q '"auth":"
 # The page is embedded in the binary at build time: say so when web/ has
 # changed since (the tests would check the binary's older copy).
 RELAY_WEB_STALE=0
-for f in index.html app.js style.css; do
+while IFS= read -r f; do
   if ! curl -fsS --max-time 2 "http://127.0.0.1:$PORT_A/$f" | cmp -s - "$ROOT/web/$f"; then RELAY_WEB_STALE=1; fi
-done
+done < <(cd "$ROOT/web" && find . -type f \( -name '*.html' -o -name '*.js' -o -name '*.css' \) | sed 's#^\./##' | sort)
 if [ "$RELAY_WEB_STALE" = 1 ] && [ "${RELAY_WEB_FROM_DISK:-0}" != "1" ]; then
   log "WARNING: web/ differs from the page embedded in $RELAY_BIN: the tests run the binary's copy."
   log "WARNING: rebuild (cargo build), or set RELAY_WEB_FROM_DISK=1 to test web/ as it is on disk."
@@ -211,7 +211,7 @@ if [ "${RELAY_WEB_FROM_DISK:-0}" = "1" ]; then
   log "RELAY_WEB_FROM_DISK=1: the page comes from $ROOT/web, not from the binary"
 fi
 if [ -f "$ROOT/docker/nginx.conf" ]; then TEMPLATE="$ROOT/docker/nginx.conf"; fi
-node "$HERE/lib/nginx-conf.mjs" --prefix "$RUN/nginx" --listen "$PORT_LB" \
+node "$ROOT/tests/harness/nginx-conf.mjs" --prefix "$RUN/nginx" --listen "$PORT_LB" \
   --upstream "127.0.0.1:$PORT_A" --upstream "127.0.0.1:$PORT_B" ${TEMPLATE:+--template "$TEMPLATE"} \
   "${WEB_ARGS[@]}" >/dev/null
 log "nginx config from ${TEMPLATE:-the inline fallback}"
