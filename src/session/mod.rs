@@ -10,6 +10,7 @@
 //! [`crate::outbound`].
 
 mod commands;
+pub mod echo;
 pub mod limit;
 mod reader;
 pub mod wire;
@@ -106,7 +107,7 @@ pub fn run(
     let writer_done = CancellationToken::new();
     let writer = node.tasks.spawn(writer::write_loop(
         sink,
-        handle.clone(),
+        handle.queue.clone(),
         last_seen.clone(),
         started,
         config.heartbeat,
@@ -121,9 +122,16 @@ pub fn run(
     };
     drop((user, config));
     async move {
-        let read_reason = reader
-            .read_loop(&mut stream, &last_seen, started, &writer_done, expires)
-            .await;
+        let read_reason = reader::read_loop(
+            &mut reader,
+            &handle.queue,
+            &mut stream,
+            &last_seen,
+            started,
+            &writer_done,
+            expires,
+        )
+        .await;
         if let Some(reason) = read_reason {
             handle.queue.close(reason);
         }
@@ -162,7 +170,7 @@ async fn finish(f: Finish) {
         node,
         handle,
         lease,
-        mut stream,
+        stream,
         writer,
         read_reason,
         enc_label,
@@ -173,12 +181,34 @@ async fn finish(f: Finish) {
     // the closing handshake, which may take a while with an unresponsive
     // peer.
     node.end_session(&handle, lease).await;
-    // Closing handshake: while the writer sends our close frame, keep reading
-    // (and discarding) until the peer's close frame or EOF. Dropping a socket
-    // with unread input would reset it and could destroy our close frame.
-    // Not when the writer ended without getting its close frame out: there
-    // is no handshake to complete then.
-    let mut writer = writer;
+    let reason = close(stream, writer, read_reason).await;
+
+    metrics.connections.get_or_create(&enc_label).dec();
+    metrics
+        .connections_closed
+        .get_or_create(&crate::metrics::CloseLabels {
+            code: reason.close_code(),
+            reason: reason.as_str(),
+        })
+        .inc();
+    log_disconnect(reason, started.elapsed());
+}
+
+/// The end of any connection: completes the closing handshake and makes
+/// sure the writer is gone. While the writer sends our close frame, keep
+/// reading (and discarding) until the peer's close frame or EOF: dropping a
+/// socket with unread input would reset it and could destroy our close
+/// frame. Not when the writer ended without getting its close frame out:
+/// there is no handshake to complete then. The writer sends the close frame
+/// within CLOSE_TIMEOUT (each of its writes is bounded); past that it is
+/// aborted, which drops the socket's write half and the queued frames:
+/// nothing of the connection outlives it by more than a few seconds,
+/// whatever the peer does. Returns the connection's one reason.
+async fn close(
+    mut stream: WsReader,
+    mut writer: tokio::task::JoinHandle<writer::WriterEnd>,
+    read_reason: Option<DisconnectReason>,
+) -> DisconnectReason {
     let mut ended = None;
     if read_reason != Some(DisconnectReason::ClientClosed) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -200,10 +230,6 @@ async fn finish(f: Finish) {
         })
         .await;
     }
-    // The writer sends the close frame within CLOSE_TIMEOUT (each of its
-    // writes is bounded); past that it is aborted, which drops the socket's
-    // write half and the queued frames: nothing of the connection outlives
-    // it by more than a few seconds, whatever the peer does.
     let end = match ended {
         Some(end) => end,
         None => match tokio::time::timeout(CLOSE_TIMEOUT, &mut writer).await {
@@ -214,18 +240,8 @@ async fn finish(f: Finish) {
             }
         },
     };
-    let reason = end.map_or(DisconnectReason::WriteError, |e| e.reason);
     drop(stream);
-
-    metrics.connections.get_or_create(&enc_label).dec();
-    metrics
-        .connections_closed
-        .get_or_create(&crate::metrics::CloseLabels {
-            code: reason.close_code(),
-            reason: reason.as_str(),
-        })
-        .inc();
-    log_disconnect(reason, started.elapsed());
+    end.map_or(DisconnectReason::WriteError, |e| e.reason)
 }
 
 /// The span of one WebSocket connection, from upgrade to close (a root

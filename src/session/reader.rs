@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::limit::{TokenBucket, Verdict};
 use super::{SessionConfig, WsReader};
 use crate::node::{Node, SessionHandle};
-use crate::outbound::{DisconnectReason, Frame};
+use crate::outbound::{DisconnectReason, Frame, OutQueue};
 use crate::protocol::{decode_command, Command, Encoding, ErrorCode, Ref, ServerFrame};
 
 pub(super) struct Reader {
@@ -25,54 +25,86 @@ pub(super) struct Reader {
     pub(super) bucket: TokenBucket,
 }
 
-impl Reader {
-    /// Reads until the connection ends. Returns a reason when the reader
-    /// decided the close (the writer then sends the close frame).
-    pub(super) async fn read_loop(
+/// What a connection does with each data message it reads (the chat
+/// commands of a session, or the echo of `examples/echo.rs`).
+pub(super) trait Inbound: Send {
+    /// Handles one text (`Encoding::Json`) or binary (`Encoding::MsgPack`)
+    /// message; a reason ends the connection.
+    fn data(
         &mut self,
-        stream: &mut WsReader,
-        last_seen: &AtomicU64,
-        started: Instant,
-        writer_done: &CancellationToken,
-        expires: Option<Instant>,
-    ) -> Option<DisconnectReason> {
-        // Boxed, and only with an expiry: a timer is large for a state that
-        // every idle connection keeps.
-        let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
-        loop {
-            let expired = async {
-                match &mut expiry {
-                    Some(sleep) => sleep.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let next = tokio::select! {
-                m = stream.next() => m,
-                _ = writer_done.cancelled() => return None,
-                _ = expired => return Some(DisconnectReason::SessionExpired),
-            };
-            last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let (bytes, encoding) = match next {
-                None => return Some(DisconnectReason::ClientClosed),
-                Some(Err(e)) => return Some(classify(e)),
-                Some(Ok(Message::Close(_))) => return Some(DisconnectReason::ClientClosed),
-                Some(Ok(Message::Ping(data))) => {
-                    self.handle.queue.push(Frame::pong(&data));
-                    continue;
-                }
-                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Text(t))) => (t.into(), Encoding::Json),
-                Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
-            };
-            // Boxed: the command futures (the largest state of a session)
-            // live on the heap only while a command runs, so an idle
-            // connection's task stays small.
-            if let Some(reason) = Box::pin(self.on_frame(&bytes, encoding)).await {
-                return Some(reason);
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> impl std::future::Future<Output = Option<DisconnectReason>> + Send;
+}
+
+/// Reads until the connection ends: answers pings through `queue`, hands
+/// data messages to `inbound`, stops when the writer ended or `expires`
+/// passed. Returns a reason when the read side decided the close (the
+/// writer then sends the close frame); `None` when the writer ended first.
+pub(super) async fn read_loop(
+    inbound: &mut impl Inbound,
+    queue: &OutQueue,
+    stream: &mut WsReader,
+    last_seen: &AtomicU64,
+    started: Instant,
+    writer_done: &CancellationToken,
+    expires: Option<Instant>,
+) -> Option<DisconnectReason> {
+    // Boxed, and only with an expiry: a timer is large for a state that
+    // every idle connection keeps.
+    let mut expiry = expires.map(|at| Box::pin(tokio::time::sleep_until(at)));
+    loop {
+        let expired = async {
+            match &mut expiry {
+                Some(sleep) => sleep.as_mut().await,
+                None => std::future::pending().await,
             }
+        };
+        let next = tokio::select! {
+            m = stream.next() => m,
+            _ = writer_done.cancelled() => return None,
+            _ = expired => return Some(DisconnectReason::SessionExpired),
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let (bytes, encoding) = match next {
+            None => return Some(DisconnectReason::ClientClosed),
+            Some(Err(e)) => return Some(classify(e)),
+            Some(Ok(Message::Close(frame))) => return Some(peer_closed(frame)),
+            Some(Ok(Message::Ping(data))) => {
+                queue.push(Frame::pong(&data));
+                continue;
+            }
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(t))) => (t.into(), Encoding::Json),
+            Some(Ok(Message::Binary(b))) => (b, Encoding::MsgPack),
+        };
+        if let Some(reason) = inbound.data(&bytes, encoding).await {
+            return Some(reason);
         }
     }
+}
 
+/// The reason of a close the peer started. tungstenite replaces a close
+/// code that may not be sent (RFC 6455 §7.4) with 1002, which we answer.
+fn peer_closed(frame: Option<tungstenite::protocol::CloseFrame>) -> DisconnectReason {
+    match frame {
+        Some(f) if f.code == tungstenite::protocol::frame::coding::CloseCode::Protocol => {
+            DisconnectReason::ProtocolError
+        }
+        _ => DisconnectReason::ClientClosed,
+    }
+}
+
+impl Inbound for Reader {
+    async fn data(&mut self, bytes: &[u8], encoding: Encoding) -> Option<DisconnectReason> {
+        // Boxed: the command futures (the largest state of a session)
+        // live on the heap only while a command runs, so an idle
+        // connection's task stays small.
+        Box::pin(self.on_frame(bytes, encoding)).await
+    }
+}
+
+impl Reader {
     pub(super) fn reply(&self, frame: ServerFrame) {
         self.handle.send(&frame);
     }

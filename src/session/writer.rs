@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, WriteSide};
 use super::CLOSE_TIMEOUT;
-use crate::node::SessionHandle;
-use crate::outbound::{Batch, DisconnectReason, Frame};
+use crate::outbound::{Batch, DisconnectReason, Frame, OutQueue};
 
 /// How a writer ended.
 #[derive(Debug, Clone, Copy)]
@@ -29,13 +28,13 @@ pub(super) struct WriterEnd {
 /// Writes queued frames, pings, and the close frame. Returns why it stopped.
 pub(super) async fn write_loop(
     mut sink: WriteSide,
-    handle: Arc<SessionHandle>,
+    queue: Arc<OutQueue>,
     last_seen: Arc<AtomicU64>,
     started: Instant,
     heartbeat: Duration,
     done: CancellationToken,
 ) -> WriterEnd {
-    let reason = write_frames(&mut sink, &handle, &last_seen, started, heartbeat).await;
+    let reason = write_frames(&mut sink, &queue, &last_seen, started, heartbeat).await;
     let mut close_sent = false;
     if reason != DisconnectReason::WriteError {
         let frame = Frame::close(reason.close_code(), reason.close_text());
@@ -59,7 +58,7 @@ pub(super) async fn write_loop(
 
 async fn write_frames(
     sink: &mut WriteSide,
-    handle: &SessionHandle,
+    queue: &OutQueue,
     last_seen: &AtomicU64,
     started: Instant,
     heartbeat: Duration,
@@ -73,7 +72,7 @@ async fn write_frames(
         let mut ping = false;
         tokio::select! {
             biased;
-            _ = handle.queue.wait() => {}
+            _ = queue.wait() => {}
             _ = ticker.tick() => {
                 let seen = started + Duration::from_millis(last_seen.load(Ordering::Relaxed));
                 if seen.elapsed() > heartbeat * 2 {
@@ -82,7 +81,7 @@ async fn write_frames(
                 ping = true;
             }
         }
-        handle.queue.take(&mut batch);
+        queue.take(&mut batch);
         if let Some(DisconnectReason::SlowConsumer) = batch.close {
             return DisconnectReason::SlowConsumer;
         }
