@@ -124,6 +124,9 @@ pub async fn run(
             .saturating_sub(FD_RESERVE + http_slots as u64)
             .max(16) as usize
     });
+    if let Some(secrets) = &config.secret {
+        crate::auth::check_secrets("--secret", secrets).map_err(ServeError::Config)?;
+    }
     let tokens = match config.auth {
         AuthMode::Guest => None,
         AuthMode::Token => {
@@ -202,6 +205,7 @@ pub async fn run(
         });
     }
     let handshake_timeout = config.handshake_timeout();
+    let state_proxies = config.trusted_proxies.clone();
     let state = AppState {
         node: node.clone(),
         config: Arc::new(config),
@@ -222,6 +226,7 @@ pub async fn run(
             tls,
             handshake_timeout,
             max_tcp: http_slots,
+            trusted_proxies: state_proxies,
             metrics,
         },
         stop_http.clone(),
