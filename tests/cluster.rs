@@ -351,6 +351,53 @@ async fn redis_restarted_empty_means_a_new_epoch() {
     assert_ne!(j["epoch"].as_str().unwrap(), epoch);
 }
 
+/// After Redis restarts, with its data or wiped, the first handshake on
+/// every node succeeds, though no node has used its command connection
+/// since (a long heartbeat): the broken connection is replaced and the call
+/// retried once instead of answering 503 `unavailable`.
+#[tokio::test]
+async fn the_first_request_after_a_redis_restart_succeeds() {
+    for (kind, mut redis) in [
+        ("persistent", RedisServer::persistent()),
+        ("wiped", RedisServer::new()),
+    ] {
+        let nodes: Vec<Node> = (0..2)
+            .map(|i| {
+                Node::start(&[
+                    "--redis",
+                    &redis.url(),
+                    "--node-id",
+                    &format!("restart{i}"),
+                    "--heartbeat-ms",
+                    "30000",
+                ])
+            })
+            .collect();
+        for n in &nodes {
+            guest(n, "warm").await.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.stop();
+        redis.start();
+        // Long enough for the old connections to see their end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, n) in nodes.iter().enumerate() {
+            let first = Connect::new(format!("{}?user=first{i}", n.url()))
+                .open()
+                .await;
+            match first {
+                Ok(c) => c.close().await,
+                Err(r) => panic!(
+                    "{kind} restart: first handshake on node {i}: {} {}\n{}",
+                    r.status,
+                    r.body,
+                    n.logs()
+                ),
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn concurrent_senders_on_three_nodes_see_one_order() {
     let c = cluster(3, RedisServer::new(), &[]);

@@ -388,6 +388,9 @@ impl Drop for RedisBackplane {
     }
 }
 
+/// A call failed on a broken connection (now marked down).
+struct Broken(BackplaneError);
+
 impl Shared {
     fn instance(&self) -> String {
         self.instance
@@ -463,7 +466,7 @@ impl Shared {
     /// connection broken on connection errors, and records metrics.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(AnyConn) -> Fut,
+        F: Fn(AnyConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
@@ -488,18 +491,21 @@ impl Shared {
                 match self.conn.get() {
                     None => Err(BackplaneError::Unavailable("redis is unreachable".into())),
                     Some((generation, con)) => {
-                        match tokio::time::timeout(self.opts.command_timeout, f(con)).await {
-                            Err(_) => Err(BackplaneError::Unavailable(format!(
-                                "{op}: no reply from redis within {:?}",
-                                self.opts.command_timeout
-                            ))),
-                            Ok(Err(e)) => {
-                                if conn::is_connection_error(&e) {
-                                    self.conn.mark_down(generation);
+                        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+                        match self.attempt(op, generation, &f, con, deadline).await {
+                            // The connection was broken before this call
+                            // (Redis restarted since its last use): once
+                            // more on the supervisor's new connection.
+                            Err(Broken(e)) => {
+                                match self.conn.replacement(generation, deadline).await {
+                                    Some((generation, con)) => self
+                                        .attempt(op, generation, &f, con, deadline)
+                                        .await
+                                        .unwrap_or_else(|Broken(e)| Err(e)),
+                                    None => Err(e),
                                 }
-                                Err(conn::map_error(op, e))
                             }
-                            Ok(Ok(v)) => Ok(v),
+                            Ok(r) => r,
                         }
                     }
                 }
@@ -514,12 +520,41 @@ impl Shared {
         result
     }
 
+    /// One try of a call on connection `generation` until `deadline`;
+    /// `Err(Broken)` when the connection failed (it is marked down).
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &'static str,
+        generation: u64,
+        f: &F,
+        con: AnyConn,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Result<T>, Broken>
+    where
+        F: Fn(AnyConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout_at(deadline, f(con)).await {
+            Err(_) => Ok(Err(BackplaneError::Unavailable(format!(
+                "{op}: no reply from redis within {:?}",
+                self.opts.command_timeout
+            )))),
+            Ok(Err(e)) if conn::is_connection_error(&e) => {
+                self.conn.mark_down(generation);
+                Err(Broken(conn::map_error(op, e)))
+            }
+            Ok(Err(e)) => Ok(Err(conn::map_error(op, e))),
+            Ok(Ok(v)) => Ok(Ok(v)),
+        }
+    }
+
     /// Runs a script (EVALSHA, loading it on NOSCRIPT).
     async fn eval<T: FromRedisValue>(
         &self,
         op: &'static str,
         invocation: ScriptInvocation<'_>,
     ) -> Result<T> {
+        let invocation = &invocation;
         self.call(op, move |mut con| async move {
             invocation.invoke_async(&mut con).await
         })
@@ -528,6 +563,7 @@ impl Shared {
 
     /// Runs one command.
     async fn cmd<T: FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Result<T> {
+        let cmd = &cmd;
         self.call(
             op,
             move |mut con| async move { cmd.query_async(&mut con).await },
@@ -547,7 +583,7 @@ impl Shared {
 
     async fn load_scripts(&self) -> Result<()> {
         for script in self.scripts.all() {
-            let invocation = script.prepare_invoke();
+            let invocation = &script.prepare_invoke();
             self.call("load_scripts", move |mut con| async move {
                 invocation.load_async(&mut con).await
             })
