@@ -476,3 +476,46 @@ async fn a_live_slot_migration_loses_and_duplicates_nothing() {
     assert_eq!(d["text"], "after the move");
     assert_eq!(d["id"], ack["id"]);
 }
+
+/// With every master gone, `/readyz` turns 503 within a few seconds, as on
+/// one Redis, whatever the heartbeat (the default 25 s here); and 200 again
+/// once they are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_total_cluster_outage() {
+    let mut rc = RedisCluster::new();
+    let url = rc.url();
+    let node = Node::start(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "ready0",
+        "--redis-timeout-ms",
+        "400",
+    ]);
+    let mut a = guest(&node, "alice").await;
+    for room in room_per_master(&rc, "ready") {
+        a.join(&room).await;
+    }
+    assert_eq!(get(node.addr, "/readyz").await.0, 200);
+    let masters = rc.ports().len();
+    for i in 0..masters {
+        rc.stop(i);
+    }
+    let stopped = std::time::Instant::now();
+    eventually(
+        "readyz 503 with every master gone",
+        Duration::from_secs(5),
+        || async { get(node.addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    eprintln!("readyz 503 after {:?}", stopped.elapsed());
+    for i in 0..masters {
+        rc.start(i);
+    }
+    eventually(
+        "readyz 200 with the masters back",
+        Duration::from_secs(30),
+        || async { get(node.addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+}

@@ -193,6 +193,9 @@ struct Shared {
     /// Whether the instance is registered as far as this node knows.
     registered: AtomicBool,
     pubsub_up: AtomicBool,
+    /// Redis Cluster: the shard of the node registry answered the last
+    /// readiness probe (always true on one Redis).
+    registry_up: AtomicBool,
     /// `shutdown` started: no more re-registration.
     closing: AtomicBool,
     dead: RwLock<DeadSet>,
@@ -308,6 +311,7 @@ impl RedisBackplane {
             probe_channel,
             registered: AtomicBool::new(false),
             pubsub_up: AtomicBool::new(true),
+            registry_up: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             dead: RwLock::new(DeadSet::default()),
             rooms: Slots::new(),
@@ -354,6 +358,7 @@ impl RedisBackplane {
                 shared
                     .tasks
                     .spawn(cluster::run(shared.clone(), con, sub_rx, pushes));
+                shared.tasks.spawn(cluster::probe(shared.clone()));
             }
         }
         shared.tasks.spawn(heartbeat_loop(shared.clone()));
@@ -1393,6 +1398,7 @@ impl Backplane for RedisBackplane {
         !s.cancel.is_cancelled()
             && s.conn.is_up()
             && s.pubsub_up.load(Ordering::SeqCst)
+            && s.registry_up.load(Ordering::SeqCst)
             && s.registered.load(Ordering::SeqCst)
     }
 
