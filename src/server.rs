@@ -86,6 +86,7 @@ async fn connect_backplane(
         heartbeat: config.heartbeat(),
         presence_ttl: config.presence_ttl(),
         command_timeout: Duration::from_millis(config.redis_timeout_ms.max(10)),
+        room_idle_ttl: Duration::from_secs(config.room_idle_ttl_secs),
     };
     let mut attempt = 0u32;
     loop {

@@ -106,9 +106,10 @@ pub(super) struct Conn {
     wake: Notify,
     /// Signalled after every successful reconnection.
     pub(super) reconnected: Notify,
-    /// The generation of the connection last installed, for callers
-    /// waiting for a replacement.
-    installed: watch::Sender<u64>,
+    /// The generation of the connection last installed and the number of
+    /// failed reconnection attempts so far, for callers waiting for a
+    /// replacement.
+    installed: watch::Sender<(u64, u64)>,
 }
 
 impl Conn {
@@ -132,7 +133,7 @@ impl Conn {
             generation: AtomicU64::new(1),
             wake: Notify::new(),
             reconnected: Notify::new(),
-            installed: watch::Sender::new(1),
+            installed: watch::Sender::new((1, 0)),
         })
     }
 
@@ -182,16 +183,22 @@ impl Conn {
     }
 
     /// A connection newer than `failed` (which the caller just saw broken
-    /// and marked down), waiting for the supervisor to dial it until
-    /// `deadline`; `None` if none came up in time.
+    /// and marked down): waits for the supervisor's next reconnection
+    /// attempt, at most until `deadline`; `None` if that attempt failed
+    /// (Redis is really down: no point waiting for the backoff) or did not
+    /// finish in time.
     pub(super) async fn replacement(
         &self,
         failed: u64,
         deadline: tokio::time::Instant,
     ) -> Option<(u64, MultiplexedConnection)> {
         let mut installed = self.installed.subscribe();
-        let newer = installed.wait_for(|g| *g > failed);
-        tokio::time::timeout_at(deadline, newer).await.ok()?.ok()?;
+        let failures = installed.borrow().1;
+        let outcome = installed.wait_for(|(g, f)| *g > failed || *f > failures);
+        tokio::time::timeout_at(deadline, outcome)
+            .await
+            .ok()?
+            .ok()?;
         self.get().filter(|(g, _)| *g > failed)
     }
 
@@ -221,7 +228,7 @@ impl Conn {
                         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
                             Some((generation, con));
-                        self.installed.send_replace(generation);
+                        self.installed.send_modify(|(g, _)| *g = generation);
                         tracing::info!("redis command connection restored");
                         backoff.reset();
                         on_reconnect();
@@ -229,6 +236,7 @@ impl Conn {
                         break;
                     }
                     Err(e) => {
+                        self.installed.send_modify(|(_, f)| *f += 1);
                         let delay = backoff.next_delay();
                         tracing::debug!(error = %e, ?delay, "redis reconnect failed");
                         tokio::select! {

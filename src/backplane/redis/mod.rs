@@ -105,6 +105,10 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Upper bound of every Redis call (default 2 s).
     pub command_timeout: Duration,
+    /// A room with no one present expires (epoch, sequence, history) this
+    /// long after its last message, join or leave; zero: never (default 7
+    /// days).
+    pub room_idle_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -114,6 +118,7 @@ impl Default for RedisOptions {
             heartbeat: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(75),
             command_timeout: Duration::from_secs(2),
+            room_idle_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -466,6 +471,17 @@ impl Shared {
             .map(|(_, _, _, o)| o.clone())
     }
 
+    /// The idle TTL of room keys, in seconds (0: never; at least 1 s
+    /// otherwise).
+    fn room_ttl_secs(&self) -> u64 {
+        let ttl = self.opts.room_idle_ttl;
+        if ttl.is_zero() {
+            0
+        } else {
+            ttl.as_secs().max(1)
+        }
+    }
+
     /// Runs one Redis call on the command connection: fails at once when the
     /// connection is down, is bounded by `command_timeout`, marks the
     /// connection broken on connection errors, and records metrics.
@@ -701,11 +717,15 @@ impl Shared {
     ) -> Result<()> {
         let mut inv = self.scripts.sync_room.prepare_invoke();
         inv.key(self.keys.presence(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.seq(room))
+            .key(self.keys.history(room))
             .arg(room)
             .arg(self.keys.room_channel(room))
             .arg(instance)
             .arg(old)
-            .arg(reason.as_str());
+            .arg(reason.as_str())
+            .arg(self.room_ttl_secs());
         for user in users {
             inv.arg(user);
         }
@@ -1051,7 +1071,8 @@ impl Shared {
             .arg(random_token())
             .arg(self.keys.room_channel(room))
             .arg(origin.map(|o| o.node.as_str()).unwrap_or(""))
-            .arg(origin.map(|o| o.session).unwrap_or(0));
+            .arg(origin.map(|o| o.session).unwrap_or(0))
+            .arg(self.room_ttl_secs());
         let (epoch, last_id, history, entries): (String, u64, Vec<Vec<u8>>, Vec<String>) =
             self.eval("join", inv).await?;
         Ok(RoomSnapshot {
@@ -1128,7 +1149,8 @@ impl Backplane for RedisBackplane {
         let mut inv = s.scripts.publish.prepare_invoke();
         inv.key(keys.epoch(&req.room))
             .key(keys.seq(&req.room))
-            .key(keys.history(&req.room));
+            .key(keys.history(&req.room))
+            .key(keys.presence(&req.room));
         if let Some(client_id) = &req.client_id {
             inv.key(keys.client_id(&req.room, &req.from, client_id));
         }
@@ -1141,7 +1163,8 @@ impl Backplane for RedisBackplane {
             .arg(CLIENT_ID_TTL.as_secs())
             .arg(req.origin.as_ref().map(|o| o.node.as_str()).unwrap_or(""))
             .arg(req.origin.as_ref().map(|o| o.session).unwrap_or(0))
-            .arg(req.traceparent.as_deref().unwrap_or(""));
+            .arg(req.traceparent.as_deref().unwrap_or(""))
+            .arg(s.room_ttl_secs());
         let (duplicate, id, ts): (i64, u64, u64) = s.eval("publish", inv).await?;
         if s.cluster && duplicate == 0 {
             if let Some(origin) = &req.origin {
@@ -1209,11 +1232,15 @@ impl Backplane for RedisBackplane {
         let result = async {
             let mut inv = s.scripts.leave.prepare_invoke();
             inv.key(s.keys.presence(room))
+                .key(s.keys.epoch(room))
+                .key(s.keys.seq(room))
+                .key(s.keys.history(room))
                 .arg(room)
                 .arg(user)
                 .arg(&instance)
                 .arg(reason.as_str())
-                .arg(s.keys.room_channel(room));
+                .arg(s.keys.room_channel(room))
+                .arg(s.room_ttl_secs());
             let _: i64 = s.eval("leave", inv).await?;
             if users.is_empty() {
                 s.cmd::<i64>("leave", s.srem(s.keys.node_rooms(&instance), room))
