@@ -509,13 +509,32 @@ async fn cookie_handshakes_need_the_own_origin() {
     // carol is unknown to this node's memory backplane: 401, not 403.
     assert_eq!(c.err().map(|r| r.status), Some(401));
     let r = Connect::new(proxied.url())
-        .header("Cookie", cookie)
+        .header("Cookie", cookie.clone())
         .header("Origin", format!("http://{}", proxied.addr))
         .header("X-Forwarded-Proto", "https")
         .open()
         .await
         .err()
         .expect("http origin under https");
+    assert_eq!(r.status, 403);
+    // The public host a trusted proxy names.
+    let c = Connect::new(proxied.url())
+        .header("Cookie", cookie.clone())
+        .header("Origin", "https://chat.example.com")
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "chat.example.com")
+        .open()
+        .await;
+    assert_eq!(c.err().map(|r| r.status), Some(401), "own origin by proxy");
+    // ...but only from a trusted proxy.
+    let r = Connect::new(node.url())
+        .header("Cookie", cookie)
+        .header("Origin", "http://chat.example.com")
+        .header("X-Forwarded-Host", "chat.example.com")
+        .open()
+        .await
+        .err()
+        .expect("X-Forwarded-Host from an untrusted peer");
     assert_eq!(r.status, 403);
 }
 

@@ -212,25 +212,34 @@ fn origin_parts(scheme: &str, authority: &str) -> Option<(String, String, u16)> 
 }
 
 /// Whether `origin` (an `Origin` header value) is the node's own origin as
-/// the request names it: its `Host` header, and `https` under TLS or when a
-/// trusted proxy says `X-Forwarded-Proto: https`.
+/// the request names it: its `Host` header (or a trusted proxy's
+/// `X-Forwarded-Host`), and `https` under TLS or when a trusted proxy says
+/// `X-Forwarded-Proto: https`.
 fn is_own_origin(app: &AppState, peer: SocketAddr, headers: &HeaderMap, origin: &str) -> bool {
-    let forwarded_https = app
+    let proxied = app
         .config
         .trusted_proxies
         .iter()
-        .any(|net| net.contains(&peer.ip()))
-        && headers
-            .get("x-forwarded-proto")
+        .any(|net| net.contains(&peer.ip()));
+    // The first (client-side) value of a header set by a trusted proxy.
+    let forwarded = |name: &str| {
+        headers
+            .get(name)
+            .filter(|_| proxied)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split(',').next())
-            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+            .map(str::trim)
+    };
+    let forwarded_https =
+        forwarded("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
     let scheme = if app.config.tls_cert.is_some() || forwarded_https {
         "https"
     } else {
         "http"
     };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    let Some(host) = host else {
         return false;
     };
     let Some((o_scheme, o_authority)) = origin.trim().split_once("://") else {
