@@ -1,6 +1,8 @@
 //! Accounts and tokens: Argon2id password hashes (per-user salt) and HS256
 //! JWT login tokens signed with `--secret`. Several secrets may be given for
-//! rotation: the first signs, all verify. Also the constant-time API-key check.
+//! rotation: the first signs, all verify; each must be at least 32 bytes.
+//! Also the node-wide bound on concurrent password hashes and the
+//! constant-time API-key check.
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -23,6 +25,37 @@ pub enum AuthError {
     /// Hashing failed (should not happen).
     #[error("password hashing failed")]
     Hash,
+}
+
+/// Fewest bytes of a signing secret (PROTOCOL §11): HS256 keys shorter than
+/// the hash are guessable offline from one token.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Checks the signing secrets given to `flag` (`--secret`): at least one,
+/// none empty (`--secret NEW,` is a rotation typo that would accept tokens
+/// signed with the empty key) and none shorter than [`MIN_SECRET_BYTES`].
+/// The error is one line naming the flag.
+pub fn check_secrets(flag: &str, secrets: &[String]) -> Result<(), String> {
+    if secrets.is_empty() {
+        return Err(format!("{flag} is empty"));
+    }
+    for (i, secret) in secrets.iter().enumerate() {
+        let which = if secrets.len() == 1 {
+            String::new()
+        } else {
+            format!(" (entry {} of {})", i + 1, secrets.len())
+        };
+        if secret.is_empty() {
+            return Err(format!("{flag} has an empty entry{which}"));
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "{flag} entry{which} is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                secret.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Claims of a login token.
@@ -84,6 +117,30 @@ impl TokenKeys {
         }
         Err(AuthError::InvalidToken)
     }
+}
+
+/// Most password hashes or verifications running at once on this node:
+/// twice the CPUs, at least 2. Each Argon2id run holds 19 MiB.
+pub fn max_concurrent_hashes() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(2)
+        .max(2)
+}
+
+/// A turn to hash or verify a password; the turn ends when it is dropped.
+pub type HashPermit = tokio::sync::OwnedSemaphorePermit;
+
+/// Takes one of the node's [`max_concurrent_hashes`] turns, or `None` when
+/// all are taken: the caller answers 503 `busy` instead of queueing (a
+/// queue of logins would hold their requests and grow without bound).
+pub fn try_hash_permit() -> Option<HashPermit> {
+    static GATE: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    GATE.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_hashes())))
+        .clone()
+        .try_acquire_owned()
+        .ok()
 }
 
 /// Hashes a password with Argon2id and a random salt (PHC string).
@@ -165,6 +222,22 @@ mod tests {
         let (t3, _) = expired.issue("carol").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert_eq!(old.verify(&t3), Err(AuthError::InvalidToken));
+    }
+
+    #[test]
+    fn short_or_empty_secrets_are_refused() {
+        let long = "x".repeat(MIN_SECRET_BYTES);
+        assert!(check_secrets("--secret", std::slice::from_ref(&long)).is_ok());
+        assert!(check_secrets("--secret", &[long.clone(), long.clone()]).is_ok());
+        for bad in [
+            vec![],
+            vec![String::new()],
+            vec![long.clone(), String::new()],
+            vec!["x".repeat(MIN_SECRET_BYTES - 1)],
+        ] {
+            let e = check_secrets("--secret", &bad).unwrap_err();
+            assert!(e.contains("--secret") && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]

@@ -50,6 +50,12 @@ pub struct Config {
     #[arg(long, env = "RELAY_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
+    /// Redis: a room with no one present is forgotten (epoch, ids,
+    /// history) after this many idle seconds without a message, join or
+    /// leave; it then starts a new epoch. 0: never.
+    #[arg(long, env = "RELAY_ROOM_IDLE_TTL_SECS", default_value_t = 604_800)]
+    pub room_idle_ttl_secs: u64,
+
     /// This node's name in `welcome.node`, logs and presence [default: host
     /// name + random suffix].
     #[arg(long, env = "RELAY_NODE_ID")]

@@ -86,6 +86,7 @@ async fn connect_backplane(
         heartbeat: config.heartbeat(),
         presence_ttl: config.presence_ttl(),
         command_timeout: Duration::from_millis(config.redis_timeout_ms.max(10)),
+        room_idle_ttl: Duration::from_secs(config.room_idle_ttl_secs),
     };
     let mut attempt = 0u32;
     loop {
@@ -124,6 +125,9 @@ pub async fn run(
             .saturating_sub(FD_RESERVE + http_slots as u64)
             .max(16) as usize
     });
+    if let Some(secrets) = &config.secret {
+        crate::auth::check_secrets("--secret", secrets).map_err(ServeError::Config)?;
+    }
     let tokens = match config.auth {
         AuthMode::Guest => None,
         AuthMode::Token => {
@@ -206,6 +210,7 @@ pub async fn run(
         });
     }
     let handshake_timeout = config.handshake_timeout();
+    let state_proxies = config.trusted_proxies.clone();
     let state = AppState {
         node: node.clone(),
         config: Arc::new(config),
@@ -226,6 +231,7 @@ pub async fn run(
             tls,
             handshake_timeout,
             max_tcp: http_slots,
+            trusted_proxies: state_proxies,
             metrics,
         },
         stop_http.clone(),

@@ -37,6 +37,7 @@ fn options() -> RedisOptions {
         heartbeat: Duration::from_millis(200),
         presence_ttl: Duration::from_millis(600),
         command_timeout: Duration::from_millis(500),
+        ..RedisOptions::default()
     }
 }
 

@@ -713,7 +713,12 @@ fn login(node: &Node, user: &str) -> String {
 
 #[test]
 fn token_mode_uses_the_bearer_token() {
-    let node = Node::start(&["--auth", "token", "--secret", "chat-cli-test-secret"]);
+    let node = Node::start(&[
+        "--auth",
+        "token",
+        "--secret",
+        "chat-cli-test-secret-0123456789abcdef",
+    ]);
     let url = node.url();
     let spawn = |token: &str, name: &str| Chat::spawn(name, &[&url, "--token", token]);
     let mut alice = spawn(&login(&node, "alice"), "alice");
@@ -741,7 +746,7 @@ fn an_expired_session_is_not_resumed() {
         "--auth",
         "token",
         "--secret",
-        "chat-cli-test-secret",
+        "chat-cli-test-secret-0123456789abcdef",
         "--token-ttl-secs",
         "5",
     ]);

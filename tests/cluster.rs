@@ -351,6 +351,126 @@ async fn redis_restarted_empty_means_a_new_epoch() {
     assert_ne!(j["epoch"].as_str().unwrap(), epoch);
 }
 
+/// After Redis restarts, with its data or wiped, the first handshake on
+/// every node succeeds, though no node has used its command connection
+/// since (a long heartbeat): the broken connection is replaced and the call
+/// retried once instead of answering 503 `unavailable`.
+#[tokio::test]
+async fn the_first_request_after_a_redis_restart_succeeds() {
+    for (kind, mut redis) in [
+        ("persistent", RedisServer::persistent()),
+        ("wiped", RedisServer::new()),
+    ] {
+        let nodes: Vec<Node> = (0..2)
+            .map(|i| {
+                Node::start(&[
+                    "--redis",
+                    &redis.url(),
+                    "--node-id",
+                    &format!("restart{i}"),
+                    "--heartbeat-ms",
+                    "30000",
+                ])
+            })
+            .collect();
+        for n in &nodes {
+            guest(n, "warm").await.close().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.stop();
+        redis.start();
+        // Long enough for the old connections to see their end.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (i, n) in nodes.iter().enumerate() {
+            let first = Connect::new(format!("{}?user=first{i}", n.url()))
+                .open()
+                .await;
+            match first {
+                Ok(c) => c.close().await,
+                Err(r) => panic!(
+                    "{kind} restart: first handshake on node {i}: {} {}\n{}",
+                    r.status,
+                    r.body,
+                    n.logs()
+                ),
+            }
+        }
+    }
+}
+
+/// `redis-cli -p PORT ARGS...` output, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `--room-idle-ttl-secs`: a room no one is in is forgotten (its keys are
+/// gone from Redis, a later join sees a new epoch and no history) once idle
+/// for the TTL; a room with someone in it keeps its state however long it
+/// is quiet.
+#[tokio::test]
+async fn idle_rooms_expire_occupied_rooms_do_not() {
+    let redis = RedisServer::new();
+    let nodes = [
+        node_on(&redis, "ttl0", &["--room-idle-ttl-secs", "1"]),
+        node_on(&redis, "ttl1", &["--room-idle-ttl-secs", "1"]),
+    ];
+    let mut a = guest(&nodes[0], "alice").await;
+    let idle_epoch = js(&a.join("idle").await)["epoch"].clone();
+    a.say("idle", "soon forgotten").await;
+    let mut c = guest(&nodes[1], "carol").await;
+    let busy_epoch = js(&c.join("busy").await)["epoch"].clone();
+    c.say("busy", "kept").await;
+    // While alice is in the room its keys do not expire.
+    assert_eq!(
+        redis_cli(redis.port(), &["TTL", "relay:{idle}:epoch"]),
+        "-1"
+    );
+    a.close().await;
+    eventually("alice's leave starts the idle TTL", WAIT, || async {
+        redis_cli(redis.port(), &["TTL", "relay:{idle}:epoch"]) != "-1"
+    })
+    .await;
+    eventually("the idle room's keys expire", WAIT, || async {
+        redis_cli(
+            redis.port(),
+            &[
+                "EXISTS",
+                "relay:{idle}:epoch",
+                "relay:{idle}:seq",
+                "relay:{idle}:history",
+            ],
+        ) == "0"
+    })
+    .await;
+    let mut b = guest(&nodes[1], "bob").await;
+    let j = js(&b.join("idle").await);
+    assert_ne!(j["epoch"], idle_epoch, "a new epoch after expiry");
+    assert_eq!(j["history"].as_array().unwrap().len(), 0);
+    assert_eq!(b.say("idle", "fresh").await, 1, "ids start again");
+    // Carol stayed in `busy` the whole time: same epoch, history kept.
+    let mut d = guest(&nodes[0], "dave").await;
+    let j = js(&d.join("busy").await);
+    assert_eq!(j["epoch"], busy_epoch);
+    assert_eq!(j["history"][0]["text"], "kept");
+    assert_eq!(redis_cli(redis.port(), &["TTL", "relay:{busy}:seq"]), "-1");
+    // `0` keeps rooms forever.
+    let keep = node_on(&redis, "ttl2", &["--room-idle-ttl-secs", "0"]);
+    let mut e = guest(&keep, "erin").await;
+    e.join("forever").await;
+    e.say("forever", "stays").await;
+    e.close().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        redis_cli(redis.port(), &["TTL", "relay:{forever}:epoch"]),
+        "-1"
+    );
+}
+
 #[tokio::test]
 async fn concurrent_senders_on_three_nodes_see_one_order() {
     let c = cluster(3, RedisServer::new(), &[]);

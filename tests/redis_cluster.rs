@@ -476,3 +476,104 @@ async fn a_live_slot_migration_loses_and_duplicates_nothing() {
     assert_eq!(d["text"], "after the move");
     assert_eq!(d["id"], ack["id"]);
 }
+
+/// With every master gone, `/readyz` turns 503 within a few seconds, as on
+/// one Redis, whatever the heartbeat (the default 25 s here); and 200 again
+/// once they are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_total_cluster_outage() {
+    let mut rc = RedisCluster::new();
+    let url = rc.url();
+    let node = Node::start(&[
+        "--redis",
+        &url,
+        "--node-id",
+        "ready0",
+        "--redis-timeout-ms",
+        "400",
+    ]);
+    let mut a = guest(&node, "alice").await;
+    for room in room_per_master(&rc, "ready") {
+        a.join(&room).await;
+    }
+    assert_eq!(get(node.addr, "/readyz").await.0, 200);
+    let masters = rc.ports().len();
+    for i in 0..masters {
+        rc.stop(i);
+    }
+    let stopped = std::time::Instant::now();
+    eventually(
+        "readyz 503 with every master gone",
+        Duration::from_secs(5),
+        || async { get(node.addr, "/readyz").await.0 == 503 },
+    )
+    .await;
+    eprintln!("readyz 503 after {:?}", stopped.elapsed());
+    for i in 0..masters {
+        rc.start(i);
+    }
+    eventually(
+        "readyz 200 with the masters back",
+        Duration::from_secs(30),
+        || async { get(node.addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+}
+
+/// `--room-idle-ttl-secs` on a Redis Cluster: on every shard, a room no one
+/// is in loses its keys once idle for the TTL and starts a new epoch; a
+/// room with someone in it keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_expire_on_every_shard() {
+    let rc = RedisCluster::new();
+    let node = Node::in_cluster(
+        &rc.url(),
+        "idle0",
+        &["--redis-timeout-ms", "400", "--room-idle-ttl-secs", "1"],
+        &[],
+    );
+    let rooms = room_per_master(&rc, "idle");
+    let busy = room_per_master(&rc, "busy");
+    let mut a = guest(&node, "alice").await;
+    let mut c = guest(&node, "carol").await;
+    let mut epochs = Vec::new();
+    for (room, busy) in rooms.iter().zip(&busy) {
+        epochs.push(js(&a.join(room).await)["epoch"].clone());
+        a.say(room, "soon forgotten").await;
+        c.join(busy).await;
+        c.say(busy, "kept").await;
+    }
+    let busy_epochs: Vec<_> = {
+        let mut d = guest(&node, "dave").await;
+        let mut v = Vec::new();
+        for room in &busy {
+            v.push(js(&d.join(room).await)["epoch"].clone());
+        }
+        d.close().await;
+        v
+    };
+    a.close().await;
+    let port = rc.ports()[0].to_string();
+    for room in &rooms {
+        let key = format!("relay:{{{room}}}:epoch");
+        eventually("the idle room's keys expire", WAIT, || async {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-c", "-p", &port, "EXISTS", &key])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim() == "0"
+        })
+        .await;
+    }
+    let mut b = guest(&node, "bob").await;
+    for (i, room) in rooms.iter().enumerate() {
+        let j = js(&b.join(room).await);
+        assert_ne!(j["epoch"], epochs[i], "{room}: a new epoch after expiry");
+        assert_eq!(j["history"].as_array().unwrap().len(), 0, "{room}");
+    }
+    for (i, room) in busy.iter().enumerate() {
+        let j = js(&b.join(room).await);
+        assert_eq!(j["epoch"], busy_epochs[i], "{room}: kept while occupied");
+        assert_eq!(j["history"][0]["text"], "kept", "{room}");
+    }
+}

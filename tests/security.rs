@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::*;
 
-const SECRET: &str = "test-secret-0123456789";
+const SECRET: &str = "test-secret-0123456789-0123456789abcdef";
 
 fn token_node(extra: &[&str]) -> Node {
     let mut args = vec!["--auth", "token", "--secret", SECRET];
@@ -233,7 +233,7 @@ async fn secret_rotation_keeps_old_tokens_valid() {
         "--auth",
         "token",
         "--secret",
-        &format!("brand-new-secret,{SECRET}"),
+        &format!("brand-new-secret-0123456789abcdef,{SECRET}"),
     ]);
     let (s, _) = post(
         &node,

@@ -1,9 +1,13 @@
 //! JSON endpoints under `/api`: accounts (register, login) in token mode,
 //! and, with `--api-key`, server-side publishing, room history and presence,
-//! and the list of live nodes.
+//! and the list of live nodes. Keys and rate limits are checked before a
+//! body is read; bodies are read bounded in size and time
+//! (`limits::read_body`), and password hashing takes one of the node's few
+//! hashing turns or answers 503 `busy`.
 
 use std::net::SocketAddr;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,9 +16,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::limits::client_ip;
+use super::limits::{client_ip, read_body, SMALL_BODY_BYTES};
 use super::{failure, refuse, AppState};
-use crate::auth::{dummy_hash, hash_password, key_matches, valid_password, verify_password};
+use crate::auth::{
+    dummy_hash, hash_password, key_matches, try_hash_permit, valid_password, verify_password,
+    HashPermit,
+};
 use crate::protocol::{is_valid_name, validate_text, HistoryEntry, Limits, TextError};
 
 /// Account routes (token mode only).
@@ -52,9 +59,43 @@ fn too_many_attempts(wait: std::time::Duration) -> Response {
     r
 }
 
+/// 503 `busy` with `Retry-After`: every password-hashing turn is taken.
+fn busy() -> Response {
+    let mut r = refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "too many logins at once; retry in a second",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
+}
+
+/// A hashing turn, or the 503 `busy` answer (PROTOCOL §11).
 #[allow(clippy::result_large_err)]
-fn parse_credentials(body: &[u8]) -> Result<Credentials, Response> {
-    serde_json::from_slice::<Credentials>(body).map_err(|_| {
+fn hash_turn(app: &AppState) -> Result<HashPermit, Response> {
+    try_hash_permit().ok_or_else(|| {
+        app.node.metrics.refused("hash_busy");
+        busy()
+    })
+}
+
+/// Reads and parses the credentials body (after the rate check), bounded
+/// in size and time.
+#[allow(clippy::result_large_err)]
+async fn read_credentials(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Credentials, Response> {
+    let body = read_body(
+        body,
+        headers,
+        SMALL_BODY_BYTES,
+        app.config.handshake_timeout(),
+    )
+    .await?;
+    serde_json::from_slice::<Credentials>(&body).map_err(|_| {
         refuse(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -67,13 +108,13 @@ async fn register(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
     let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
     if let Err(wait) = app.attempts.attempt(ip) {
         return too_many_attempts(wait);
     }
-    let creds = match parse_credentials(&body) {
+    let creds = match read_credentials(&app, &headers, body).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -91,8 +132,18 @@ async fn register(
             "password must be 8 to 128 characters",
         );
     }
+    let turn = match hash_turn(&app) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let password = creds.password;
-    let hash = match tokio::task::spawn_blocking(move || hash_password(&password)).await {
+    // The turn moves into the blocking task: it ends when the hash does,
+    // even if the client has gone.
+    let hashed = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        hash_password(&password)
+    });
+    let hash = match hashed.await {
         Ok(Ok(h)) => h,
         _ => {
             return refuse(
@@ -121,13 +172,13 @@ async fn login(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Response {
     let ip = client_ip(peer, &headers, &app.config.trusted_proxies);
     if let Err(wait) = app.attempts.attempt(ip) {
         return too_many_attempts(wait);
     }
-    let creds = match parse_credentials(&body) {
+    let creds = match read_credentials(&app, &headers, body).await {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -143,11 +194,18 @@ async fn login(
         None
     };
     let known = stored.is_some();
-    let hash = stored.unwrap_or_else(|| dummy_hash().to_owned());
+    let turn = match hash_turn(&app) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let password = creds.password;
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let ok = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let hash = stored.unwrap_or_else(|| dummy_hash().to_owned());
+        verify_password(&password, &hash)
+    })
+    .await
+    .unwrap_or(false);
     if !(ok && known) {
         return refuse(
             StatusCode::UNAUTHORIZED,
@@ -210,14 +268,22 @@ struct PublishBody {
     from: Option<String>,
 }
 
-async fn publish(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn publish(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     if let Err(r) = check_key(&app, &headers) {
         return r;
     }
+    // A text the socket would accept fits a frame: the same bound here.
+    let body = match read_body(
+        body,
+        &headers,
+        app.config.max_frame_bytes as usize,
+        app.config.handshake_timeout(),
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
     let Ok(req) = serde_json::from_slice::<PublishBody>(&body) else {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -240,6 +306,13 @@ async fn publish(
         Ok(t) => t,
         Err(TextError::Empty) => {
             return refuse(StatusCode::BAD_REQUEST, "invalid", "text is empty")
+        }
+        Err(TextError::Control) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "text holds a control character other than newline and tab",
+            )
         }
         Err(TextError::TooLong { max }) => {
             return refuse(

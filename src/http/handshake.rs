@@ -2,8 +2,10 @@
 //! refusal is an HTTP response with a JSON body (PROTOCOL §1), never an
 //! upgraded socket that is then closed. Order: draining, origin, capacity,
 //! per-IP limit, subprotocol, identity (a valid guest name, or a verified
-//! token), the upgrade headers (so a plain GET learns the verdicts above),
-//! then the name claim and the per-user limit. The `101` answer is built
+//! token; a token from the `relay_token` cookie only when the `Origin` is
+//! absent or the node's own, PROTOCOL §8), the upgrade headers (so a plain
+//! GET learns the verdicts above; an unsupported `Sec-WebSocket-Version`
+//! answers 426 naming 13), then the name claim and the per-user limit. The `101` answer is built
 //! here, and the upgraded socket goes to the session (`session::wire`).
 
 use std::collections::HashMap;
@@ -38,8 +40,20 @@ pub(super) struct NotUpgrade(StatusCode, &'static str);
 
 impl IntoResponse for NotUpgrade {
     fn into_response(self) -> Response {
-        refuse(self.0, "invalid", self.1)
+        with_version_hint(self.0, refuse(self.0, "invalid", self.1))
     }
+}
+
+/// A `426 Upgrade Required` names the version we speak (RFC 6455 §4.2.2:
+/// `Sec-WebSocket-Version: 13`).
+fn with_version_hint(status: StatusCode, mut response: Response) -> Response {
+    if status == StatusCode::UPGRADE_REQUIRED {
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    response
 }
 
 /// The comma-separated tokens of every `name` header, trimmed, empty ones
@@ -87,8 +101,8 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             != Some(b"13")
         {
             return Err(NotUpgrade(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Version` header must be 13",
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported `Sec-WebSocket-Version`: this server speaks 13",
             ));
         }
         let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
@@ -144,18 +158,31 @@ fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, ()> {
     Err(())
 }
 
+/// Where a handshake's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenSource {
+    /// `Authorization: Bearer` or `?token=`: not sent by a browser on its own.
+    Explicit,
+    /// The `relay_token` cookie: a browser attaches it to any page's
+    /// request, so the Origin must be checked (PROTOCOL §8).
+    Cookie,
+}
+
 /// The login token of a handshake: `Authorization: Bearer`, `?token=`, or
 /// the `relay_token` cookie, in that order.
-fn presented_token(headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
+fn presented_token(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<(String, TokenSource)> {
     if let Some(t) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        return Some(t.trim().to_owned());
+        return Some((t.trim().to_owned(), TokenSource::Explicit));
     }
     if let Some(t) = query.get("token") {
-        return Some(t.clone());
+        return Some((t.clone(), TokenSource::Explicit));
     }
     headers
         .get_all(header::COOKIE)
@@ -164,7 +191,67 @@ fn presented_token(headers: &HeaderMap, query: &HashMap<String, String>) -> Opti
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == "relay_token")
-        .map(|(_, v)| v.to_owned())
+        .map(|(_, v)| (v.to_owned(), TokenSource::Cookie))
+}
+
+/// `(scheme, lower-case host, port)` of an origin or a `Host` value, the
+/// port made explicit from the scheme's default.
+fn origin_parts(scheme: &str, authority: &str) -> Option<(String, String, u16)> {
+    let scheme = scheme.to_ascii_lowercase();
+    let default = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority: axum::http::uri::Authority = authority.parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let port = authority.port_u16().unwrap_or(default);
+    Some((scheme, authority.host().to_ascii_lowercase(), port))
+}
+
+/// Whether `origin` (an `Origin` header value) is the node's own origin as
+/// the request names it: its `Host` header (or a trusted proxy's
+/// `X-Forwarded-Host`), and `https` under TLS or when a trusted proxy says
+/// `X-Forwarded-Proto: https`.
+fn is_own_origin(app: &AppState, peer: SocketAddr, headers: &HeaderMap, origin: &str) -> bool {
+    let proxied = app
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer.ip()));
+    // The first (client-side) value of a header set by a trusted proxy.
+    let forwarded = |name: &str| {
+        headers
+            .get(name)
+            .filter(|_| proxied)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+    };
+    let forwarded_https =
+        forwarded("x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https"));
+    let scheme = if app.config.tls_cert.is_some() || forwarded_https {
+        "https"
+    } else {
+        "http"
+    };
+    let host = forwarded("x-forwarded-host")
+        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    let Some(host) = host else {
+        return false;
+    };
+    let Some((o_scheme, o_authority)) = origin.trim().split_once("://") else {
+        return false;
+    };
+    match (
+        origin_parts(o_scheme, o_authority.trim_end_matches('/')),
+        origin_parts(scheme, host.trim()),
+    ) {
+        (Some(o), Some(own)) => o == own,
+        _ => false,
+    }
 }
 
 /// The handshake handler: runs the checks inside a `handshake` span
@@ -272,7 +359,21 @@ async fn check_and_upgrade(
             (user, None)
         }
         Some(keys) => {
-            let claims = presented_token(&headers, &query).and_then(|t| keys.verify(&t).ok());
+            let presented = presented_token(&headers, &query);
+            if let (Some((_, TokenSource::Cookie)), Some(origin)) =
+                (&presented, headers.get(header::ORIGIN))
+            {
+                let origin = origin.to_str().unwrap_or("");
+                if !is_own_origin(&app, peer, &headers, origin) {
+                    return refused(
+                        "forbidden_origin",
+                        StatusCode::FORBIDDEN,
+                        "forbidden_origin",
+                        "a cookie-authenticated handshake must come from this server's own origin",
+                    );
+                }
+            }
+            let claims = presented.and_then(|(t, _)| keys.verify(&t).ok());
             let Some(claims) = claims else {
                 return refused(
                     "unauthorized",
@@ -312,7 +413,7 @@ async fn check_and_upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(NotUpgrade(status, why)) => {
-            return refused("not_websocket", status, "invalid", why);
+            return with_version_hint(status, refused("not_websocket", status, "invalid", why));
         }
     };
     span.record("user", user.as_str());
@@ -412,4 +513,27 @@ async fn check_and_upgrade(
         .in_current_span(),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_parts;
+
+    #[test]
+    fn origins_compare_with_default_ports() {
+        assert_eq!(
+            origin_parts("https", "Chat.Example.com"),
+            origin_parts("https", "chat.example.com:443")
+        );
+        assert_ne!(
+            origin_parts("http", "chat.example.com"),
+            origin_parts("https", "chat.example.com")
+        );
+        assert_ne!(
+            origin_parts("http", "127.0.0.1:8080"),
+            origin_parts("http", "127.0.0.1:8081")
+        );
+        assert_eq!(origin_parts("file", "x"), None);
+        assert_eq!(origin_parts("http", "user@evil.example"), None);
+    }
 }

@@ -1,14 +1,96 @@
 //! Abuse limits at the HTTP layer: the client IP (from `X-Forwarded-For`
-//! only behind a trusted proxy), concurrent connections per IP, and the
-//! per-IP rate of register/login attempts.
+//! only behind a trusted proxy), concurrent connections per IP (upgraded
+//! sockets, and the per-address share of pre-upgrade HTTP connections), the
+//! per-IP rate of register/login attempts, and request bodies read with a
+//! size limit and a deadline (PROTOCOL §11).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use dashmap::DashMap;
+use futures_util::StreamExt;
 use tokio::time::Instant;
+
+use super::refuse;
+
+/// Body limit of the small JSON routes (register, login, revoke, ...): a
+/// user name, a password of at most 128 characters and JSON around them.
+pub const SMALL_BODY_BYTES: usize = 4096;
+
+/// The share of the `slots` pre-upgrade HTTP connections one client address
+/// may hold: `max(4, slots / 8)`.
+pub fn per_address_share(slots: usize) -> usize {
+    (slots / 8).max(4)
+}
+
+/// Reads a request body of at most `limit` bytes within `deadline`. Call it
+/// only after the request's key and rate checks. A `Content-Length` over
+/// the limit, or a body growing past it, answers 413 `too_large` without
+/// reading further; a body not complete by the deadline answers 408
+/// `timeout`. Either way the connection is then closed (the rest of the body
+/// is never read).
+#[allow(clippy::result_large_err)]
+pub async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, Response> {
+    let too_large = || {
+        let mut r = refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {limit} bytes"),
+        );
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        r
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit as u64) as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, "invalid", "request body broken"))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            let mut r = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "request body not received within {} ms",
+                    deadline.as_millis()
+                ),
+            );
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            Err(r)
+        }
+    }
+}
 
 /// The client's IP: the peer, or, when the peer is a trusted proxy, the
 /// right-most address of `X-Forwarded-For` that is not itself a trusted proxy.
@@ -159,6 +241,30 @@ mod tests {
         assert!(p.acquire(ip, 2).is_none());
         drop(a);
         assert!(p.acquire(ip, 2).is_some());
+    }
+
+    #[test]
+    fn address_share() {
+        assert_eq!(per_address_share(0), 4);
+        assert_eq!(per_address_share(64), 8);
+        assert_eq!(per_address_share(4096), 512);
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded() {
+        let h = HeaderMap::new();
+        let ok = read_body(Body::from("abcd"), &h, 4, Duration::from_secs(1)).await;
+        assert_eq!(ok.ok().as_deref(), Some(&b"abcd"[..]));
+        let big = read_body(Body::from("abcde"), &h, 4, Duration::from_secs(1)).await;
+        assert_eq!(big.unwrap_err().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let mut declared = HeaderMap::new();
+        declared.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        let big = read_body(Body::empty(), &declared, 4, Duration::from_secs(1)).await;
+        assert_eq!(big.unwrap_err().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let slow = read_body(never, &h, 4, Duration::from_millis(50)).await;
+        assert_eq!(slow.unwrap_err().status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,10 @@
 //! The accept loop: plain TCP or TLS, a cap on open connections, a deadline
 //! for the TLS handshake and the HTTP request head (slowloris), HTTP/1.1 with
 //! upgrades via hyper, and the peer address handed to handlers as
-//! `ConnectInfo`. Upgraded WebSockets leave hyper and are tracked by the node.
+//! `ConnectInfo`. One client address holds at most a share of the slots
+//! (`limits::per_address_share`; trusted proxies are exempt), so one host's
+//! idle or slow connections cannot starve `/healthz` from another.
+//! Upgraded WebSockets leave hyper and are tracked by the node.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::limits::{per_address_share, PerIp};
 use crate::metrics::Metrics;
 
 /// Settings of the accept loop.
@@ -29,6 +33,9 @@ pub struct ServeOptions {
     /// Most TCP connections still speaking HTTP (an upgraded WebSocket
     /// leaves this count; the node caps sessions separately).
     pub max_tcp: usize,
+    /// Peers exempt from the per-address share (`--trusted-proxies`: every
+    /// client behind a proxy shares its address).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Metrics (refusals).
     pub metrics: Arc<Metrics>,
 }
@@ -43,6 +50,8 @@ pub async fn serve(
     grace: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_tcp));
+    let per_address = Arc::new(PerIp::default());
+    let share = per_address_share(options.max_tcp);
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -57,6 +66,19 @@ pub async fn serve(
                 }
             },
         };
+        let ip = peer.ip();
+        let address_slot = if options.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+            None
+        } else {
+            match per_address.acquire(ip, share) {
+                Some(slot) => Some(slot),
+                None => {
+                    options.metrics.refused("tcp_ip_limit");
+                    drop(tcp);
+                    continue;
+                }
+            }
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             options.metrics.refused("tcp_limit");
             drop(tcp);
@@ -70,6 +92,7 @@ pub async fn serve(
         let metrics = options.metrics.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             match tls {
                 None => serve_connection(tcp, peer, router, timeout, watcher).await,
                 Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {

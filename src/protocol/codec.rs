@@ -272,6 +272,9 @@ impl Fields<'_> {
             .ok_or_else(|| self.invalid("missing field `text`"))?;
         validate_text(raw, limits).map_err(|e| match e {
             TextError::Empty => self.invalid("`text` is empty"),
+            TextError::Control => {
+                self.invalid("`text` holds a control character other than newline and tab")
+            }
             TextError::TooLong { max } => DecodeError::new(
                 ErrorCode::TooLarge,
                 format!("`text` is longer than {max} characters"),

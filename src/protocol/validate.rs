@@ -25,6 +25,8 @@ pub enum TextError {
         /// The limit in characters.
         max: usize,
     },
+    /// Holds a control character other than newline and tab (PROTOCOL §11).
+    Control,
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$`: user and room names.
@@ -40,7 +42,14 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-/// Trims the text and checks its length in characters.
+/// Whether `c` is a control character a text may not hold: every Unicode
+/// `Cc` character (C0, DEL, C1) except `\n` and `\t`.
+fn is_forbidden_control(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+/// Trims the text and checks its length in characters and that it holds no
+/// control character other than `\n` and `\t`.
 pub fn validate_text(raw: &str, limits: &Limits) -> Result<String, TextError> {
     let text = raw.trim();
     if text.is_empty() {
@@ -51,6 +60,9 @@ pub fn validate_text(raw: &str, limits: &Limits) -> Result<String, TextError> {
         return Err(TextError::TooLong {
             max: limits.max_text_chars,
         });
+    }
+    if text.chars().any(is_forbidden_control) {
+        return Err(TextError::Control);
     }
     Ok(text.to_owned())
 }
@@ -90,5 +102,9 @@ mod tests {
             validate_text("123456", &l),
             Err(TextError::TooLong { max: 5 })
         );
+        assert_eq!(validate_text("a\nb\tc", &l), Ok("a\nb\tc".into()));
+        for bad in ["a\0b", "\u{1b}[31m", "a\rb", "a\u{7f}", "x\u{85}y", "\u{7}"] {
+            assert_eq!(validate_text(bad, &l), Err(TextError::Control), "{bad:?}");
+        }
     }
 }

@@ -169,7 +169,7 @@ PIDS+=("$NODE_B_PID")
 # Node T: token mode (register / log in), on the same redis under its own
 # prefix. --login-rate: the suite registers and logs in more than the default
 # 10 times a minute, all from 127.0.0.1.
-TOKEN_SECRET=browser-test-secret
+TOKEN_SECRET=browser-test-secret-0123456789abcdef
 TOKEN_PREFIX=tok
 "${RELAY_CMD[@]}" serve --listen "127.0.0.1:$PORT_T" --redis "$REDIS_URL" --redis-prefix "$TOKEN_PREFIX" \
   --node-id nodeT --auth token --secret "$TOKEN_SECRET" --heartbeat-ms 1000 --drain-secs 2 --login-rate 600 \

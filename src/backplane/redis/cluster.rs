@@ -37,6 +37,13 @@
 //!   deliver the missing messages first, in id order; a message already
 //!   delivered that way arrives live later and is dropped.
 //!
+//! - readiness: on one Redis a lost connection shows at once (the
+//!   subscription connection's read fails); a cluster connection reconnects
+//!   each shard silently, so [`probe`] asks the node registry's shard every
+//!   [`PROBE_EVERY`] (or heartbeat, if shorter) and `/readyz` follows its
+//!   answer: 503 within a few seconds of a total outage, whatever the
+//!   heartbeat.
+//!
 //! Subscribe and unsubscribe requests are applied in call order by one task
 //! (as on one Redis), so a quick unsubscribe/subscribe pair cannot be
 //! reordered; a separate reader task turns pushes into events, so a shard
@@ -66,6 +73,38 @@ const MAX_BURST: usize = 10_000;
 const CONCURRENCY: usize = 256;
 /// How often channels the server unsubscribed us from are retried.
 const LOST_RETRY: Duration = Duration::from_millis(100);
+
+/// Period of the readiness probe (shorter with a shorter heartbeat).
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Asks the shard of the node registry (which every heartbeat needs) for
+/// the registry's existence until the backplane is cancelled; records in
+/// `registry_up` whether it answered within the command timeout.
+pub(super) async fn probe(shared: Arc<Shared>) {
+    use std::sync::atomic::Ordering;
+    let period = shared.opts.heartbeat.min(PROBE_EVERY);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let key = shared.keys.nodes();
+        let answer: Result<i64> = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            r = shared.cmd("probe", redis::cmd("EXISTS").arg(key).to_owned()) => r,
+        };
+        let up = answer.is_ok();
+        if shared.registry_up.swap(up, Ordering::SeqCst) != up {
+            if up {
+                tracing::info!("redis cluster: the registry's shard answers again");
+            } else {
+                tracing::warn!("redis cluster: the registry's shard does not answer; not ready");
+            }
+        }
+    }
+}
 
 /// The seed node URLs of `redis+cluster://[USER:PASSWORD@]HOST:PORT,...[/]`,
 /// or `None` when `url` is not a cluster URL.

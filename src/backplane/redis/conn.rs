@@ -7,7 +7,10 @@
 //! came up so it can re-register its state. So: a call takes the current
 //! connection or fails at once; a connection-level error marks it down; the
 //! supervisor reconnects with capped exponential backoff and full jitter and
-//! then signals `reconnected`.
+//! then signals `reconnected`. A call that meets a connection broken since
+//! it was last used (Redis restarted meanwhile) waits for the supervisor's
+//! new connection, within its own timeout, and is retried once on it, so
+//! the first request after Redis is back succeeds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -18,7 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{
     AsyncConnectionConfig, Client, ErrorKind, RedisError, RedisFuture, ServerErrorKind, Value,
 };
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::backplane::BackplaneError;
@@ -103,6 +106,10 @@ pub(super) struct Conn {
     wake: Notify,
     /// Signalled after every successful reconnection.
     pub(super) reconnected: Notify,
+    /// The generation of the connection last installed and the number of
+    /// failed reconnection attempts so far, for callers waiting for a
+    /// replacement.
+    installed: watch::Sender<(u64, u64)>,
 }
 
 impl Conn {
@@ -126,6 +133,7 @@ impl Conn {
             generation: AtomicU64::new(1),
             wake: Notify::new(),
             reconnected: Notify::new(),
+            installed: watch::Sender::new((1, 0)),
         })
     }
 
@@ -174,6 +182,26 @@ impl Conn {
         }
     }
 
+    /// A connection newer than `failed` (which the caller just saw broken
+    /// and marked down): waits for the supervisor's next reconnection
+    /// attempt, at most until `deadline`; `None` if that attempt failed
+    /// (Redis is really down: no point waiting for the backoff) or did not
+    /// finish in time.
+    pub(super) async fn replacement(
+        &self,
+        failed: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<(u64, MultiplexedConnection)> {
+        let mut installed = self.installed.subscribe();
+        let failures = installed.borrow().1;
+        let outcome = installed.wait_for(|(g, f)| *g > failed || *f > failures);
+        tokio::time::timeout_at(deadline, outcome)
+            .await
+            .ok()?
+            .ok()?;
+        self.get().filter(|(g, _)| *g > failed)
+    }
+
     /// Reconnects whenever the connection is down, until cancelled.
     /// `on_reconnect` runs after each successful reconnection.
     pub(super) async fn supervise(
@@ -200,6 +228,7 @@ impl Conn {
                         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
                         *self.current.write().unwrap_or_else(|e| e.into_inner()) =
                             Some((generation, con));
+                        self.installed.send_modify(|(g, _)| *g = generation);
                         tracing::info!("redis command connection restored");
                         backoff.reset();
                         on_reconnect();
@@ -207,6 +236,7 @@ impl Conn {
                         break;
                     }
                     Err(e) => {
+                        self.installed.send_modify(|(_, f)| *f += 1);
                         let delay = backoff.next_delay();
                         tracing::debug!(error = %e, ?delay, "redis reconnect failed");
                         tokio::select! {
@@ -285,6 +315,24 @@ impl Commands {
     pub(super) fn mark_down(&self, generation: u64) {
         if let Commands::Single(c) = self {
             c.mark_down(generation);
+        }
+    }
+
+    /// After connection `failed` broke: the single connection's
+    /// replacement, once the supervisor has dialled it (at most until
+    /// `deadline`). `None` on a cluster, whose connection reconnects each
+    /// shard by itself.
+    pub(super) async fn replacement(
+        &self,
+        failed: u64,
+        deadline: tokio::time::Instant,
+    ) -> Option<(u64, AnyConn)> {
+        match self {
+            Commands::Single(c) => c
+                .replacement(failed, deadline)
+                .await
+                .map(|(g, con)| (g, AnyConn::Single(con))),
+            Commands::Cluster(_) => None,
         }
     }
 

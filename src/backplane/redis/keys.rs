@@ -15,9 +15,9 @@
 //!
 //! | name | type | content |
 //! |---|---|---|
-//! | `P:{room}:seq` | string | last message id of the current epoch |
-//! | `P:{room}:epoch` | string | the room's epoch token |
-//! | `P:{room}:history` | list | last 50 messages, MessagePack, oldest first |
+//! | `P:{room}:seq` | string | last message id of the current epoch (idle TTL) |
+//! | `P:{room}:epoch` | string | the room's epoch token (idle TTL) |
+//! | `P:{room}:history` | list | last 50 messages, MessagePack, oldest first (idle TTL) |
 //! | `P:{room}:presence` | zset (score 0) | `user|instance`, one per (user, node instance) |
 //! | `P:{room}:cid:USER:CLIENT_ID` | string, TTL 300 s | `id:ts` of an idempotent send |
 //! | `P:{room}:ch` | channel | room events (messages, presence, typing) |
@@ -34,6 +34,12 @@
 //! | `P:dm:seq` | string | direct message id counter (one Redis) |
 //! | `P:user:{user}:dmseq` | string | the user's direct message id counter (Redis Cluster) |
 //! | `P:accounts` | hash | account name → password hash |
+
+//!
+//! Idle TTL: while a room's presence set is empty, its seq, epoch and
+//! history keys expire `--room-idle-ttl-secs` after the last message, join
+//! or leave (every script touching them refreshes it); while anyone is
+//! present they have none (`touch_room` in `scripts/prelude.lua`).
 
 /// Builds key and channel names under a prefix.
 #[derive(Debug, Clone)]

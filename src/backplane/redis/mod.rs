@@ -105,6 +105,10 @@ pub struct RedisOptions {
     pub presence_ttl: Duration,
     /// Upper bound of every Redis call (default 2 s).
     pub command_timeout: Duration,
+    /// A room with no one present expires (epoch, sequence, history) this
+    /// long after its last message, join or leave; zero: never (default 7
+    /// days).
+    pub room_idle_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -114,6 +118,7 @@ impl Default for RedisOptions {
             heartbeat: Duration::from_secs(25),
             presence_ttl: Duration::from_secs(75),
             command_timeout: Duration::from_secs(2),
+            room_idle_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -193,6 +198,9 @@ struct Shared {
     /// Whether the instance is registered as far as this node knows.
     registered: AtomicBool,
     pubsub_up: AtomicBool,
+    /// Redis Cluster: the shard of the node registry answered the last
+    /// readiness probe (always true on one Redis).
+    registry_up: AtomicBool,
     /// `shutdown` started: no more re-registration.
     closing: AtomicBool,
     dead: RwLock<DeadSet>,
@@ -308,6 +316,7 @@ impl RedisBackplane {
             probe_channel,
             registered: AtomicBool::new(false),
             pubsub_up: AtomicBool::new(true),
+            registry_up: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             dead: RwLock::new(DeadSet::default()),
             rooms: Slots::new(),
@@ -354,6 +363,7 @@ impl RedisBackplane {
                 shared
                     .tasks
                     .spawn(cluster::run(shared.clone(), con, sub_rx, pushes));
+                shared.tasks.spawn(cluster::probe(shared.clone()));
             }
         }
         shared.tasks.spawn(heartbeat_loop(shared.clone()));
@@ -387,6 +397,9 @@ impl Drop for RedisBackplane {
         self.shared.cancel.cancel();
     }
 }
+
+/// A call failed on a broken connection (now marked down).
+struct Broken(BackplaneError);
 
 impl Shared {
     fn instance(&self) -> String {
@@ -458,12 +471,23 @@ impl Shared {
             .map(|(_, _, _, o)| o.clone())
     }
 
+    /// The idle TTL of room keys, in seconds (0: never; at least 1 s
+    /// otherwise).
+    fn room_ttl_secs(&self) -> u64 {
+        let ttl = self.opts.room_idle_ttl;
+        if ttl.is_zero() {
+            0
+        } else {
+            ttl.as_secs().max(1)
+        }
+    }
+
     /// Runs one Redis call on the command connection: fails at once when the
     /// connection is down, is bounded by `command_timeout`, marks the
     /// connection broken on connection errors, and records metrics.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
     where
-        F: FnOnce(AnyConn) -> Fut,
+        F: Fn(AnyConn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let started = Instant::now();
@@ -488,18 +512,21 @@ impl Shared {
                 match self.conn.get() {
                     None => Err(BackplaneError::Unavailable("redis is unreachable".into())),
                     Some((generation, con)) => {
-                        match tokio::time::timeout(self.opts.command_timeout, f(con)).await {
-                            Err(_) => Err(BackplaneError::Unavailable(format!(
-                                "{op}: no reply from redis within {:?}",
-                                self.opts.command_timeout
-                            ))),
-                            Ok(Err(e)) => {
-                                if conn::is_connection_error(&e) {
-                                    self.conn.mark_down(generation);
+                        let deadline = tokio::time::Instant::now() + self.opts.command_timeout;
+                        match self.attempt(op, generation, &f, con, deadline).await {
+                            // The connection was broken before this call
+                            // (Redis restarted since its last use): once
+                            // more on the supervisor's new connection.
+                            Err(Broken(e)) => {
+                                match self.conn.replacement(generation, deadline).await {
+                                    Some((generation, con)) => self
+                                        .attempt(op, generation, &f, con, deadline)
+                                        .await
+                                        .unwrap_or_else(|Broken(e)| Err(e)),
+                                    None => Err(e),
                                 }
-                                Err(conn::map_error(op, e))
                             }
-                            Ok(Ok(v)) => Ok(v),
+                            Ok(r) => r,
                         }
                     }
                 }
@@ -514,12 +541,41 @@ impl Shared {
         result
     }
 
+    /// One try of a call on connection `generation` until `deadline`;
+    /// `Err(Broken)` when the connection failed (it is marked down).
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &'static str,
+        generation: u64,
+        f: &F,
+        con: AnyConn,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Result<T>, Broken>
+    where
+        F: Fn(AnyConn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        match tokio::time::timeout_at(deadline, f(con)).await {
+            Err(_) => Ok(Err(BackplaneError::Unavailable(format!(
+                "{op}: no reply from redis within {:?}",
+                self.opts.command_timeout
+            )))),
+            Ok(Err(e)) if conn::is_connection_error(&e) => {
+                self.conn.mark_down(generation);
+                Err(Broken(conn::map_error(op, e)))
+            }
+            Ok(Err(e)) => Ok(Err(conn::map_error(op, e))),
+            Ok(Ok(v)) => Ok(Ok(v)),
+        }
+    }
+
     /// Runs a script (EVALSHA, loading it on NOSCRIPT).
     async fn eval<T: FromRedisValue>(
         &self,
         op: &'static str,
         invocation: ScriptInvocation<'_>,
     ) -> Result<T> {
+        let invocation = &invocation;
         self.call(op, move |mut con| async move {
             invocation.invoke_async(&mut con).await
         })
@@ -528,6 +584,7 @@ impl Shared {
 
     /// Runs one command.
     async fn cmd<T: FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Result<T> {
+        let cmd = &cmd;
         self.call(
             op,
             move |mut con| async move { cmd.query_async(&mut con).await },
@@ -547,7 +604,7 @@ impl Shared {
 
     async fn load_scripts(&self) -> Result<()> {
         for script in self.scripts.all() {
-            let invocation = script.prepare_invoke();
+            let invocation = &script.prepare_invoke();
             self.call("load_scripts", move |mut con| async move {
                 invocation.load_async(&mut con).await
             })
@@ -660,11 +717,15 @@ impl Shared {
     ) -> Result<()> {
         let mut inv = self.scripts.sync_room.prepare_invoke();
         inv.key(self.keys.presence(room))
+            .key(self.keys.epoch(room))
+            .key(self.keys.seq(room))
+            .key(self.keys.history(room))
             .arg(room)
             .arg(self.keys.room_channel(room))
             .arg(instance)
             .arg(old)
-            .arg(reason.as_str());
+            .arg(reason.as_str())
+            .arg(self.room_ttl_secs());
         for user in users {
             inv.arg(user);
         }
@@ -1010,7 +1071,8 @@ impl Shared {
             .arg(random_token())
             .arg(self.keys.room_channel(room))
             .arg(origin.map(|o| o.node.as_str()).unwrap_or(""))
-            .arg(origin.map(|o| o.session).unwrap_or(0));
+            .arg(origin.map(|o| o.session).unwrap_or(0))
+            .arg(self.room_ttl_secs());
         let (epoch, last_id, history, entries): (String, u64, Vec<Vec<u8>>, Vec<String>) =
             self.eval("join", inv).await?;
         Ok(RoomSnapshot {
@@ -1087,7 +1149,8 @@ impl Backplane for RedisBackplane {
         let mut inv = s.scripts.publish.prepare_invoke();
         inv.key(keys.epoch(&req.room))
             .key(keys.seq(&req.room))
-            .key(keys.history(&req.room));
+            .key(keys.history(&req.room))
+            .key(keys.presence(&req.room));
         if let Some(client_id) = &req.client_id {
             inv.key(keys.client_id(&req.room, &req.from, client_id));
         }
@@ -1100,7 +1163,8 @@ impl Backplane for RedisBackplane {
             .arg(CLIENT_ID_TTL.as_secs())
             .arg(req.origin.as_ref().map(|o| o.node.as_str()).unwrap_or(""))
             .arg(req.origin.as_ref().map(|o| o.session).unwrap_or(0))
-            .arg(req.traceparent.as_deref().unwrap_or(""));
+            .arg(req.traceparent.as_deref().unwrap_or(""))
+            .arg(s.room_ttl_secs());
         let (duplicate, id, ts): (i64, u64, u64) = s.eval("publish", inv).await?;
         if s.cluster && duplicate == 0 {
             if let Some(origin) = &req.origin {
@@ -1168,11 +1232,15 @@ impl Backplane for RedisBackplane {
         let result = async {
             let mut inv = s.scripts.leave.prepare_invoke();
             inv.key(s.keys.presence(room))
+                .key(s.keys.epoch(room))
+                .key(s.keys.seq(room))
+                .key(s.keys.history(room))
                 .arg(room)
                 .arg(user)
                 .arg(&instance)
                 .arg(reason.as_str())
-                .arg(s.keys.room_channel(room));
+                .arg(s.keys.room_channel(room))
+                .arg(s.room_ttl_secs());
             let _: i64 = s.eval("leave", inv).await?;
             if users.is_empty() {
                 s.cmd::<i64>("leave", s.srem(s.keys.node_rooms(&instance), room))
@@ -1357,6 +1425,7 @@ impl Backplane for RedisBackplane {
         !s.cancel.is_cancelled()
             && s.conn.is_up()
             && s.pubsub_up.load(Ordering::SeqCst)
+            && s.registry_up.load(Ordering::SeqCst)
             && s.registered.load(Ordering::SeqCst)
     }
 

@@ -20,6 +20,23 @@ local function ensure_epoch(k_epoch, k_seq, k_history, candidate)
   return candidate
 end
 
+-- Releases an idle room's state: while the room has no presence entry, its
+-- epoch, sequence and history expire `ttl` seconds after the last message,
+-- join or leave (each call refreshes it); while anyone is present they do
+-- not expire. After expiry the room starts a new epoch. `ttl` 0: never.
+local function touch_room(k_epoch, k_seq, k_history, k_presence, ttl)
+  ttl = tonumber(ttl) or 0
+  if ttl > 0 and redis.call('EXISTS', k_presence) == 0 then
+    redis.call('EXPIRE', k_epoch, ttl)
+    redis.call('EXPIRE', k_seq, ttl)
+    redis.call('EXPIRE', k_history, ttl)
+  elseif redis.call('PTTL', k_epoch) >= 0 or redis.call('PTTL', k_seq) >= 0 then
+    redis.call('PERSIST', k_epoch)
+    redis.call('PERSIST', k_seq)
+    redis.call('PERSIST', k_history)
+  end
+end
+
 -- Number of presence entries of `user` in a room (any instance). Members
 -- are `user|instance`; user names cannot contain '|' and every character
 -- they may contain sorts before '|', so the lexical range
