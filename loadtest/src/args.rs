@@ -76,10 +76,27 @@ impl EncodingArg {
 /// Flags of a run (see `loadtest --help`).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub(crate) struct RunArgs {
-    /// Relay WebSocket URL, e.g. ws://127.0.0.1:8080/ws (repeatable; clients
-    /// are spread round-robin). Must be on 127.0.0.0/8.
+    /// Relay WebSocket URL, ws:// or wss://, e.g. ws://127.0.0.1:8080/ws or
+    /// wss://chat.example.com/ws (repeatable; clients are spread
+    /// round-robin). Any host given here is used as it is; client sockets
+    /// are bound to loopback source addresses only for loopback targets.
     #[arg(long = "url")]
     pub(crate) urls: Vec<String>,
+
+    /// PEM file of extra CA certificates trusted for wss:// targets (a
+    /// private CA), besides the webpki roots.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// Fail (exit 2) when the end-to-end delivery latency's p99 is above
+    /// this many milliseconds.
+    #[arg(long)]
+    pub(crate) max_p99_ms: Option<f64>,
+
+    /// Fail (exit 2) when more than this share (0..1) of the expected
+    /// deliveries was lost [default: 0, any loss fails].
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) max_loss: f64,
 
     /// How clients are spread over the targets [default: client; room with
     /// --embedded and several nodes].

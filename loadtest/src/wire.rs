@@ -5,16 +5,108 @@
 //! generator shares the cores with the servers it measures, so every
 //! microsecond it spends per frame is taken from them.
 //!
-//! It speaks what relay needs and no more: `ws://` only, the opening
-//! handshake with a subprotocol, masked client frames, unfragmented server
-//! frames (relay never fragments), pings answered with pongs, close frames.
+//! It speaks what relay needs and no more: `ws://` or `wss://` (TLS by
+//! tokio-rustls, see [`tls_connector`]), the opening handshake with a
+//! subprotocol, masked client frames, unfragmented server frames (relay
+//! never fragments), pings answered with pongs, close frames.
 
 use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+
+/// The client's TLS settings for `wss://`: the webpki roots, plus the
+/// certificates of `ca` (a PEM file, for a private CA) when given.
+pub(crate) fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let mut n = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading --ca {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("parsing --ca {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("--ca {}: not a CA certificate", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("--ca {}: no certificate in the file", path.display());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A client socket: plain TCP (`ws://`) or TLS over TCP (`wss://`).
+pub(crate) enum Stream {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Plain(s)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Largest server frame accepted.
 const MAX_FRAME: usize = 16 << 20;
@@ -53,7 +145,7 @@ impl From<io::Error> for WsError {
 
 /// One client connection.
 pub(crate) struct Ws {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// Bytes asked of each read (grown while reads fill it).
     read_size: usize,
@@ -68,12 +160,13 @@ impl Ws {
     /// `subprotocol`. `read_size`: the first read's size (reads grow to
     /// 64 KiB while they come back full).
     pub(crate) async fn handshake(
-        mut stream: TcpStream,
+        stream: impl Into<Stream>,
         host: &str,
         path: &str,
         subprotocol: &str,
         read_size: usize,
     ) -> Result<Ws, WsError> {
+        let mut stream = stream.into();
         let key = generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
@@ -81,6 +174,7 @@ impl Ws {
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
         let head_len = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -134,6 +228,21 @@ impl Ws {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
+            }
+            // Over TLS pongs cannot be written without waiting: write
+            // them here (each returned write is drained, so this stays
+            // cancel-safe).
+            while !self.pending.is_empty() {
+                match self.stream.write(&self.pending).await {
+                    Ok(0) => return Some(Err(WsError::Eof)),
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(e) => return Some(Err(e.into())),
+                }
+                if let Err(e) = self.stream.flush().await {
+                    return Some(Err(e.into()));
+                }
             }
             if self.buf.capacity() - self.buf.len() < self.read_size {
                 self.buf.reserve(self.read_size);
@@ -209,8 +318,11 @@ impl Ws {
 
     /// Writes pending control replies if the socket takes them now.
     fn try_flush_pending(&mut self) {
+        let Stream::Plain(stream) = &self.stream else {
+            return;
+        };
         while !self.pending.is_empty() {
-            match self.stream.try_write(&self.pending) {
+            match stream.try_write(&self.pending) {
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
@@ -269,12 +381,15 @@ impl Ws {
             self.stream.write_all(&pending).await?;
         }
         self.stream.write_all(&frame).await?;
+        if matches!(self.stream, Stream::Tls(_)) {
+            self.stream.flush().await?;
+        }
         Ok(())
     }
 }
 
 /// The `error` code of a refusal's JSON body (PROTOCOL §1), if it has one.
-async fn refusal_code(stream: &mut TcpStream, head: &str, mut body: BytesMut) -> Option<String> {
+async fn refusal_code(stream: &mut Stream, head: &str, mut body: BytesMut) -> Option<String> {
     let length: usize = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim()
