@@ -111,7 +111,12 @@ impl Fleet {
                 self.progress[w] = p;
                 self.ready[w] = true;
             }
-            Line::Msg(w, WorkerMsg::Report(r)) => self.reports[w] = Some(*r),
+            Line::Msg(w, WorkerMsg::Report(r)) => {
+                // A worker that reports is past connecting (all its clients
+                // may have failed before its first `ready` line).
+                self.ready[w] = true;
+                self.reports[w] = Some(*r);
+            }
             Line::Msg(_, WorkerMsg::Second(s)) => self.seconds.push(s),
             Line::Bad(w, e) => bail!("worker {w} printed garbage: {e}"),
             Line::Eof(w) => {

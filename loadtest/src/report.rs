@@ -684,3 +684,66 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
         u8::from(!pass)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(flags: &[&str]) -> RunArgs {
+        Cli::parse_from(std::iter::once("loadtest").chain(flags.iter().copied())).run
+    }
+
+    fn lost(lost: u64, expected: u64) -> Accounting {
+        Accounting {
+            lost,
+            expected,
+            ..Default::default()
+        }
+    }
+
+    fn p99(ms: f64) -> Pcts {
+        Pcts {
+            count: 100,
+            p99_ms: ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn any_loss_fails_by_default() {
+        let a = args(&[]);
+        assert_eq!(lost_beyond_threshold(&a, &lost(1, 1000)), 1);
+        assert!(thresholds(&a, &lost(1, 1000), &p99(5.0)).is_empty());
+    }
+
+    #[test]
+    fn max_loss_tolerates_a_share_of_the_expected_deliveries() {
+        let a = args(&["--max-loss", "0.01"]);
+        assert_eq!(lost_beyond_threshold(&a, &lost(10, 1000)), 0);
+        assert!(thresholds(&a, &lost(10, 1000), &p99(5.0)).is_empty());
+        let f = thresholds(&a, &lost(11, 1000), &p99(5.0));
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("above --max-loss 1.000%"), "{f:?}");
+    }
+
+    #[test]
+    fn max_p99_fails_above_it_and_without_measurements() {
+        let a = args(&["--max-p99-ms", "50"]);
+        assert!(thresholds(&a, &lost(0, 10), &p99(50.0)).is_empty());
+        let f = thresholds(&a, &lost(0, 10), &p99(50.5));
+        assert_eq!(
+            f,
+            vec!["delivery p99 50.50 ms above --max-p99-ms 50".to_string()]
+        );
+        let none = Pcts::default();
+        assert_eq!(thresholds(&a, &lost(0, 0), &none).len(), 1);
+    }
+}

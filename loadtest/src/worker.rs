@@ -76,12 +76,13 @@ struct Seconds {
 }
 
 impl Seconds {
-    /// Second `next`'s figures once it is over (and the run not yet).
-    fn due(&mut self, ctx: &Ctx, worker: usize) -> Option<Second> {
+    /// Second `next`'s figures once it is over (or, `at_end`, once it has
+    /// begun), for the seconds of the run and its drain.
+    fn due(&mut self, ctx: &Ctx, worker: usize, at_end: bool) -> Option<Second> {
         let start = (*ctx.start.borrow())?;
         let a = &ctx.spec.args;
         let total = (a.duration + a.drain).ceil() as u64;
-        let end_ns = start + (self.next + 1) * 1_000_000_000;
+        let end_ns = start + (self.next + u64::from(!at_end)) * 1_000_000_000;
         if self.next >= total || now_ns() < end_ns {
             return None;
         }
@@ -148,11 +149,12 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     // Progress lines, `ready` once every client connected and joined, and
     // one `second` line per second of the measured phase.
     let pctx = ctx.clone();
+    let seconds = Arc::new(std::sync::Mutex::new(Seconds::default()));
+    let rseconds = seconds.clone();
     let reporter = tokio::spawn(async move {
         let mut announced = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut k = 0u64;
-        let mut seconds = Seconds::default();
         loop {
             tick.tick().await;
             k += 1;
@@ -163,7 +165,11 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             } else if k.is_multiple_of(5) {
                 emit(&WorkerMsg::Progress(progress(&pctx, worker)));
             }
-            if let Some(s) = seconds.due(&pctx, worker) {
+            let due = rseconds
+                .lock()
+                .ok()
+                .and_then(|mut s| s.due(&pctx, worker, false));
+            if let Some(s) = due {
                 emit(&WorkerMsg::Second(s));
             }
         }
@@ -218,6 +224,12 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         .unwrap_or(0.0);
     reporter.abort();
     stdin_task.abort();
+    // The clients are done: the last second(s) of the run are over too.
+    if let Ok(mut s) = seconds.lock() {
+        while let Some(s) = s.due(&ctx, worker, true) {
+            emit(&WorkerMsg::Second(s));
+        }
+    }
     let mut hs = HistSet::new();
     for s in &ctx.hists {
         if let Ok(s) = s.lock() {

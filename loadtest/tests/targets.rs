@@ -1,0 +1,156 @@
+//! End to end against a relay node the test starts itself (testkit): the
+//! harness speaks wss:// to a node with `--tls-cert/--tls-key` issued by a
+//! private CA made here with rcgen (trusted with `--ca`, refused without),
+//! and a breached `--max-p99-ms` fails the run (exit 2) while the JSON
+//! report carries the per-second series. Needs the relay binary beside the
+//! loadtest binary (`cargo build --workspace`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use testkit::Node;
+
+fn loadtest() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loadtest"))
+}
+
+fn node(args: &[&str]) -> Node {
+    let relay = loadtest().with_file_name("relay");
+    assert!(
+        relay.exists(),
+        "{} is missing: build it first (cargo build -p relay)",
+        relay.display()
+    );
+    Node::builder()
+        .bin(relay)
+        .args(args)
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A small rooms run against `url`; returns the output and the JSON report.
+fn run(url: &str, extra: &[&str], json: &Path) -> (Output, serde_json::Value) {
+    let out = Command::new(loadtest())
+        .args(["--url", url, "--scenario", "rooms", "--clients", "20"])
+        .args(["--duration", "3", "--drain", "1", "--settle", "0.5"])
+        .args(["--workers", "1", "--no-progress", "--json"])
+        .arg(json)
+        .args(extra)
+        .output()
+        .expect("loadtest runs");
+    let report = std::fs::read_to_string(json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out, report)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A private CA and a certificate for localhost / 127.0.0.1 it issued:
+/// (ca.pem, cert.pem, key.pem).
+fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "relay test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn wss_targets_are_measured_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = private_ca(dir.path());
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let node = node(&["--tls-cert", &cert, "--tls-key", &key]);
+    let url = format!("wss://localhost:{}/ws", node.addr.port());
+
+    let json = dir.path().join("wss.json");
+    let (out, report) = run(&url, &["--ca", &ca.to_string_lossy()], &json);
+    assert!(
+        out.status.success(),
+        "loadtest over wss failed: {}",
+        text(&out)
+    );
+    assert_eq!(report["config"]["urls"][0], url.as_str());
+    assert_eq!(report["connect"]["ok"], 20);
+    assert_eq!(report["delivery"]["lost"], 0);
+    assert!(
+        report["delivery"]["delivered"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+
+    // Without --ca the webpki roots do not know the CA: every connect fails.
+    let json = dir.path().join("untrusted.json");
+    let (out, report) = run(&url, &[], &json);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(report["connect"]["ok"], 0);
+    let causes = report["connect"]["failed_by_cause"].to_string();
+    assert!(causes.contains("tls_"), "{causes}");
+}
+
+#[test]
+fn a_breached_p99_threshold_fails_the_run_and_the_series_is_reported() {
+    let node = node(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    // No delivery takes under a microsecond: the threshold is breached.
+    let (out, report) = run(&node.url(), &["--max-p99-ms", "0.0001"], &json);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(stdout.contains("above --max-p99-ms 0.0001"), "{stdout}");
+    assert_eq!(report["pass"], false);
+    assert_eq!(report["delivery"]["lost"], 0, "only the threshold failed");
+    assert_eq!(report["thresholds"]["max_p99_ms"], 0.0001);
+
+    let series = report["series"].as_array().expect("a series");
+    // 3 s of run + 1 s of drain, one point per second.
+    assert_eq!(series.len(), 4, "{series:?}");
+    for (k, p) in series.iter().enumerate() {
+        assert_eq!(p["t_s"], k as u64 + 1);
+        assert_eq!(p["open"], 20);
+        assert_eq!(p["workers"], 1);
+    }
+    let received: u64 = series
+        .iter()
+        .map(|p| p["received_per_s"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        received,
+        report["delivery"]["live_received"].as_u64().unwrap()
+    );
+    let measured: u64 = series
+        .iter()
+        .map(|p| p["latency_ms"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        measured,
+        report["delivery"]["latency_ms"]["count"].as_u64().unwrap()
+    );
+    assert!(
+        series.iter().all(|p| p["server_rss_kb"] == 0),
+        "no --server-pid"
+    );
+}
