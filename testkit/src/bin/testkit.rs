@@ -92,6 +92,14 @@ fn wait_ready(what: &str, addr: SocketAddr, log: &Path, secs: u64) -> Result<()>
     Ok(())
 }
 
+/// Why the cluster stops.
+enum Stop {
+    /// Ctrl-C or SIGTERM: the shell's status for it (130, 143).
+    Signal(i32),
+    /// One of the processes died on its own.
+    Died(String),
+}
+
 enum Backplane {
     Single(RedisServer),
     Cluster(RedisCluster),
@@ -165,7 +173,7 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
     );
     let _ = std::io::stdout().flush();
 
-    let died = tokio::runtime::Builder::new_current_thread()
+    let stop = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(async {
@@ -174,13 +182,13 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return anyhow::Ok(None),
-                    _ = term.recv() => return Ok(None),
+                    _ = tokio::signal::ctrl_c() => return anyhow::Ok(Stop::Signal(130)),
+                    _ = term.recv() => return Ok(Stop::Signal(143)),
                     _ = tick.tick() => {}
                 }
                 for (k, n) in nodes.iter_mut().enumerate() {
                     if let Some(status) = n.exited() {
-                        return Ok(Some(format!(
+                        return Ok(Stop::Died(format!(
                             "node{} exited with {status}; its log ends with:\n{}",
                             k + 1,
                             tail(&n.log, 30)
@@ -189,7 +197,7 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
                 }
                 if let Some(lb) = nginx.as_mut() {
                     if lb.exited() {
-                        return Ok(Some(format!("nginx exited:\n{}", tail(&lb.log_path(), 30))));
+                        return Ok(Stop::Died(format!("nginx exited:\n{}", tail(&lb.log_path(), 30))));
                     }
                 }
                 let redis_gone = match &mut redis {
@@ -197,7 +205,7 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
                     Backplane::Cluster(c) => c.exited().map(|p| format!("member {p}")),
                 };
                 if let Some(log) = redis_gone {
-                    return Ok(Some(format!("redis exited:\n{log}")));
+                    return Ok(Stop::Died(format!("redis exited:\n{log}")));
                 }
             }
         })?;
@@ -212,15 +220,15 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
         n.terminate(grace);
     }
     drop(redis);
-    if args.keep || died.is_some() {
+    if args.keep || matches!(stop, Stop::Died(_)) {
         eprintln!("testkit: logs kept in {}", dir.keep().display());
     }
-    match died {
-        Some(why) => {
+    match stop {
+        Stop::Died(why) => {
             eprintln!("testkit: {why}");
             Ok(1)
         }
-        None => Ok(0),
+        Stop::Signal(code) => Ok(code),
     }
 }
 
