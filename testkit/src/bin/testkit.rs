@@ -197,7 +197,10 @@ fn cluster(args: ClusterArgs) -> Result<i32> {
                 }
                 if let Some(lb) = nginx.as_mut() {
                     if lb.exited() {
-                        return Ok(Stop::Died(format!("nginx exited:\n{}", tail(&lb.log_path(), 30))));
+                        return Ok(Stop::Died(format!(
+                            "nginx exited:\n{}",
+                            tail(&lb.log_path(), 30)
+                        )));
                     }
                 }
                 let redis_gone = match &mut redis {
