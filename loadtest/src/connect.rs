@@ -13,6 +13,8 @@ use tokio::net::TcpSocket;
 use tokio::time::{timeout, Duration, Instant};
 
 use crate::client::{Ctx, HIST_SHARDS};
+use tokio_util::either::Either;
+
 use crate::wire::{In, Stream, Ws, WsError};
 
 /// A server to connect to.
@@ -211,10 +213,10 @@ pub(crate) async fn connect(
             match timeout(limit, connector.connect(name.clone(), stream)).await {
                 Err(_) => return Err("timeout_tls".into()),
                 Ok(Err(e)) => return Err(format!("tls_{}", io_cause(&e))),
-                Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                Ok(Ok(s)) => Either::Right(Box::new(s)),
             }
         }
-        _ => Stream::Plain(stream),
+        _ => Either::Left(stream),
     };
     let path = format!("{}{query}", target.path);
     let handshake = Ws::handshake(

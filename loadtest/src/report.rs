@@ -279,53 +279,15 @@ fn figures(run: &Run<'_>, m: &mut Merged) -> Figures {
 
 fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
     let args = run.args;
-    let Merged {
-        counters,
-        loadgen_cpu,
-        loadgen_rss_kb,
-        ..
-    } = m;
-    let (loadgen_cpu, loadgen_rss_kb) = (*loadgen_cpu, *loadgen_rss_kb);
-    let Figures {
-        acc,
-        latency,
-        latency_same_node,
-        latency_cross_node,
-        connect,
-        ack,
-        recovery,
-        rejoin,
-        lag,
-        deliveries_per_s,
-        connect_rate_achieved,
-        server_cpu,
-        server_cpu_per_m,
-        rss_delta_kb,
-        rss_per_socket,
-        connect_failures,
-        failures,
-        pass,
-        ..
-    } = f;
-    let (deliveries_per_s, connect_rate_achieved) = (*deliveries_per_s, *connect_rate_achieved);
-    let (server_cpu, server_cpu_per_m, rss_delta_kb, rss_per_socket) = (
-        *server_cpu,
-        *server_cpu_per_m,
-        *rss_delta_kb,
-        *rss_per_socket,
-    );
-    let (connect_failures, pass) = (*connect_failures, *pass);
-    let clients = args.clients;
-    let servers = run.servers;
-    let redis = run.redis;
-    let open_connected = run.open_connected;
+    let counters = &m.counters;
+    let acc = &f.acc;
     json!({
         "tool": "relay loadtest",
         "run_id": run.plan.run_id,
         "machine": run.machine,
         "config": {
             "scenario": args.scenario.name(),
-            "clients": clients,
+            "clients": args.clients,
             "workers": run.plan.workers,
             "threads_per_worker": run.plan.threads,
             "urls": args.urls,
@@ -354,12 +316,12 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
         "connect": {
             "attempted": counters.connect_attempts,
             "ok": counters.connect_ok,
-            "failed": connect_failures,
+            "failed": f.connect_failures,
             "failed_by_cause": counters.connect_fail,
-            "open_at_start": open_connected,
+            "open_at_start": run.open_connected,
             "phase_wall_s": run.connect_wall,
-            "rate_achieved_per_s": connect_rate_achieved,
-            "time_ms": connect,
+            "rate_achieved_per_s": f.connect_rate_achieved,
+            "time_ms": f.connect,
             "reconnect_attempts": counters.reconnect_attempts,
             "reconnect_ok": counters.reconnect_ok,
             "reconnect_failed_by_cause": counters.reconnect_fail,
@@ -370,8 +332,8 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
             "unacked": counters.unacked,
             "errors": counters.errors,
             "sends_skipped": counters.sends_skipped,
-            "ack_ms": ack,
-            "publisher_lag_ms": lag,
+            "ack_ms": f.ack,
+            "publisher_lag_ms": f.lag,
             "typing_sent": counters.typing_sent,
             "joins": counters.joins,
             "leaves": counters.leaves,
@@ -386,7 +348,7 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
             "in_flight_at_leave_undelivered": acc.in_flight_at_leave_undelivered,
             "live_received": counters.live_received,
             "history_received": counters.history_received,
-            "deliveries_per_s": deliveries_per_s,
+            "deliveries_per_s": f.deliveries_per_s,
             "duplicates": counters.duplicates,
             "duplicates_of_history": counters.duplicates_of_history,
             "duplicate_ids": acc.duplicate_ids,
@@ -397,9 +359,9 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
             "acked_room_messages": acc.acked_room_messages,
             "acked_direct_messages": acc.acked_direct_messages,
             "memberships": acc.memberships,
-            "latency_ms": latency,
-            "latency_same_node_ms": latency_same_node,
-            "latency_cross_node_ms": latency_cross_node,
+            "latency_ms": f.latency,
+            "latency_same_node_ms": f.latency_same_node,
+            "latency_cross_node_ms": f.latency_cross_node,
             "typing_received": counters.typing_received,
             "user_joined": counters.user_joined,
             "user_left": counters.user_left,
@@ -415,23 +377,23 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
             "rejoined": counters.storm_rejoined,
             "recovered_true": counters.recovered_true,
             "recovered_false": counters.recovered_false,
-            "recovery_ms": recovery,
-            "rejoin_ms": rejoin,
+            "recovery_ms": f.recovery,
+            "rejoin_ms": f.rejoin,
         },
-        "servers": servers,
-        "redis": redis,
+        "servers": run.servers,
+        "redis": run.redis,
         "server_totals": {
-            "rss_delta_kb_at_connected": rss_delta_kb,
-            "rss_per_socket_bytes": rss_per_socket,
-            "cpu_s_run": server_cpu,
-            "cpu_s_per_1m_deliveries": server_cpu_per_m,
+            "rss_delta_kb_at_connected": f.rss_delta_kb,
+            "rss_per_socket_bytes": f.rss_per_socket,
+            "cpu_s_run": f.server_cpu,
+            "cpu_s_per_1m_deliveries": f.server_cpu_per_m,
         },
         "loadgen": {
-            "cpu_s_run": loadgen_cpu,
-            "rss_kb_end": loadgen_rss_kb,
+            "cpu_s_run": m.loadgen_cpu,
+            "rss_kb_end": m.loadgen_rss_kb,
         },
-        "pass": pass,
-        "failures": failures,
+        "pass": f.pass,
+        "failures": f.failures,
         "thresholds": {
             "max_p99_ms": args.max_p99_ms,
             "max_loss": args.max_loss,
@@ -443,43 +405,8 @@ fn to_json(run: &Run<'_>, m: &Merged, f: &Figures) -> serde_json::Value {
 #[allow(clippy::too_many_lines)]
 fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
     let args = run.args;
-    let Merged {
-        counters,
-        loadgen_cpu,
-        loadgen_rss_kb,
-        ..
-    } = m;
-    let (loadgen_cpu, loadgen_rss_kb) = (*loadgen_cpu, *loadgen_rss_kb);
-    let Figures {
-        acc,
-        latency,
-        latency_same_node,
-        latency_cross_node,
-        connect,
-        ack,
-        recovery,
-        rejoin,
-        lag,
-        deliveries,
-        deliveries_per_s,
-        connect_rate_achieved,
-        server_cpu,
-        server_cpu_per_m,
-        rss_per_socket,
-        connect_failures,
-        failures,
-        pass,
-        ..
-    } = f;
-    let (deliveries, deliveries_per_s, connect_rate_achieved) =
-        (*deliveries, *deliveries_per_s, *connect_rate_achieved);
-    let (server_cpu, server_cpu_per_m, rss_per_socket) =
-        (*server_cpu, *server_cpu_per_m, *rss_per_socket);
-    let (connect_failures, pass) = (*connect_failures, *pass);
-    let clients = args.clients;
-    let servers = run.servers;
-    let redis = run.redis;
-    let open_connected = run.open_connected;
+    let counters = &m.counters;
+    let acc = &f.acc;
     let ms = |p: &Pcts| {
         format!(
             "p50 {:.2} | p90 {:.2} | p99 {:.2} | p99.9 {:.2} | max {:.2} ms (n={})",
@@ -496,7 +423,7 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
     println!(
         "\nrelay loadtest: {} | {} clients | {} s + {} s drain | {} | {} target(s)",
         args.scenario.name(),
-        fmt_n(clients),
+        fmt_n(args.clients),
         args.duration,
         args.drain,
         match args.encoding {
@@ -511,13 +438,13 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
             "{} ok / {} attempted, {} failed {:?}, {:.0}/s achieved, phase {:.1} s",
             fmt_n(counters.connect_ok),
             fmt_n(counters.connect_attempts),
-            fmt_n(connect_failures),
+            fmt_n(f.connect_failures),
             counters.connect_fail,
-            connect_rate_achieved,
+            f.connect_rate_achieved,
             run.connect_wall
         ),
     );
-    row("connect time", ms(connect));
+    row("connect time", ms(&f.connect));
     if counters.reconnect_attempts > 0 {
         row(
             "reconnects",
@@ -540,8 +467,8 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
             fmt_n(counters.sends_skipped)
         ),
     );
-    if ack.count > 0 {
-        row("send→ack", ms(ack));
+    if f.ack.count > 0 {
+        row("send→ack", ms(&f.ack));
     }
     row(
         "expected / delivered",
@@ -565,11 +492,11 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
             ),
         );
     }
-    row("deliveries/s", format!("{deliveries_per_s:.0}"));
-    row("latency (end to end)", ms(latency));
-    if latency_cross_node.count > 0 {
-        row("  same node", ms(latency_same_node));
-        row("  across nodes", ms(latency_cross_node));
+    row("deliveries/s", format!("{:.0}", f.deliveries_per_s));
+    row("latency (end to end)", ms(&f.latency));
+    if f.latency_cross_node.count > 0 {
+        row("  same node", ms(&f.latency_same_node));
+        row("  across nodes", ms(&f.latency_cross_node));
     }
     row(
         "violations",
@@ -600,16 +527,16 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
                 fmt_n(counters.recovered_false)
             ),
         );
-        row("recovery (from drop)", ms(recovery));
-        row("rejoin (from reconnect)", ms(rejoin));
+        row("recovery (from drop)", ms(&f.recovery));
+        row("rejoin (from reconnect)", ms(&f.rejoin));
     }
     if args.scenario == Scenario::Churn {
         row("churned", fmt_n(counters.churned));
     }
-    if lag.count > 0 {
-        row("publisher lag", ms(lag));
+    if f.lag.count > 0 {
+        row("publisher lag", ms(&f.lag));
     }
-    for s in servers {
+    for s in run.servers {
         row(
             &format!("server {} (pid {})", s.label, s.pid),
             format!(
@@ -622,7 +549,7 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
             ),
         );
     }
-    if let Some(r) = &redis {
+    if let Some(r) = &run.redis {
         row(
             "redis",
             format!(
@@ -632,44 +559,48 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
             ),
         );
     }
-    if !servers.is_empty() {
+    if !run.servers.is_empty() {
         row(
             "server per socket",
             format!(
                 "{:.0} B RSS ({:.2} KiB) over {} open sockets",
-                rss_per_socket,
-                rss_per_socket / 1024.0,
-                fmt_n(open_connected)
+                f.rss_per_socket,
+                f.rss_per_socket / 1024.0,
+                fmt_n(run.open_connected)
             ),
         );
         row(
             "server CPU per 1M deliv.",
             format!(
-                "{server_cpu_per_m:.2} s ({server_cpu:.2} CPU-s for {} deliveries)",
-                fmt_n(deliveries)
+                "{:.2} s ({:.2} CPU-s for {} deliveries)",
+                f.server_cpu_per_m,
+                f.server_cpu,
+                fmt_n(f.deliveries)
             ),
         );
     }
     row(
         "load generator",
         format!(
-            "{loadgen_cpu:.2} CPU-s in the run, RSS {} KiB",
-            fmt_n(loadgen_rss_kb)
+            "{:.2} CPU-s in the run, RSS {} KiB",
+            m.loadgen_cpu,
+            fmt_n(m.loadgen_rss_kb)
         ),
     );
     row(
         "result",
-        if pass {
+        if f.pass {
             "PASS".to_string()
         } else {
-            format!("FAIL: {}", failures.join("; "))
+            format!("FAIL: {}", f.failures.join("; "))
         },
     );
     print!("{out}");
     if !acc.lost_examples.is_empty() {
         println!(
             "  lost, e.g.: {}",
-            acc.lost_examples
+            f.acc
+                .lost_examples
                 .iter()
                 .take(5)
                 .cloned()
@@ -680,8 +611,8 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
     // A closing line CI runners recognise.
     println!(
         "loadtest: {} passed, {} failed",
-        u8::from(pass),
-        u8::from(!pass)
+        u8::from(f.pass),
+        u8::from(!f.pass)
     );
 }
 

@@ -12,17 +12,16 @@
 
 use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+use tokio_util::either::Either;
 
 /// The client's TLS settings for `wss://`: the webpki roots, plus the
 /// certificates of `ca` (a PEM file, for a private CA) when given.
@@ -55,58 +54,7 @@ pub(crate) fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::T
 }
 
 /// A client socket: plain TCP (`ws://`) or TLS over TCP (`wss://`).
-pub(crate) enum Stream {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl From<TcpStream> for Stream {
-    fn from(s: TcpStream) -> Self {
-        Stream::Plain(s)
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Largest server frame accepted.
 const MAX_FRAME: usize = 16 << 20;
@@ -160,13 +108,12 @@ impl Ws {
     /// `subprotocol`. `read_size`: the first read's size (reads grow to
     /// 64 KiB while they come back full).
     pub(crate) async fn handshake(
-        stream: impl Into<Stream>,
+        mut stream: Stream,
         host: &str,
         path: &str,
         subprotocol: &str,
         read_size: usize,
     ) -> Result<Ws, WsError> {
-        let mut stream = stream.into();
         let key = generate_key();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
@@ -318,7 +265,7 @@ impl Ws {
 
     /// Writes pending control replies if the socket takes them now.
     fn try_flush_pending(&mut self) {
-        let Stream::Plain(stream) = &self.stream else {
+        let Either::Left(stream) = &self.stream else {
             return;
         };
         while !self.pending.is_empty() {
@@ -381,7 +328,7 @@ impl Ws {
             self.stream.write_all(&pending).await?;
         }
         self.stream.write_all(&frame).await?;
-        if matches!(self.stream, Stream::Tls(_)) {
+        if matches!(self.stream, Either::Right(_)) {
             self.stream.flush().await?;
         }
         Ok(())
@@ -501,7 +448,7 @@ mod tests {
         ])
         .await;
         let s = TcpStream::connect(addr).await.unwrap();
-        let mut ws = Ws::handshake(s, "h", "/ws", "relay.v1.json", 1024)
+        let mut ws = Ws::handshake(Either::Left(s), "h", "/ws", "relay.v1.json", 1024)
             .await
             .unwrap();
         match ws.next().await {
@@ -541,7 +488,7 @@ mod tests {
             s.write_all(resp.as_bytes()).await.unwrap();
         });
         let s = TcpStream::connect(addr).await.unwrap();
-        match Ws::handshake(s, "h", "/ws?user=a", "relay.v1.json", 1024).await {
+        match Ws::handshake(Either::Left(s), "h", "/ws?user=a", "relay.v1.json", 1024).await {
             Err(WsError::Http(409, Some(code))) => assert_eq!(code, "name_taken"),
             Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("accepted"),

@@ -52,6 +52,12 @@ pub fn query(port: u16, command: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// `127.0.0.1:P1,127.0.0.1:P2,...`: the seed list of a backplane URL.
+pub fn seeds(ports: &[u16]) -> String {
+    let seeds: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    seeds.join(",")
+}
+
 /// One PING; true on `+PONG`.
 pub fn ping_port(port: u16) -> bool {
     query(port, "PING").is_some_and(|r| r.starts_with("+PONG"))

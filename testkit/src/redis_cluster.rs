@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ports::free_cluster_port;
-use crate::redis::{cli_binary, query, server_binary, RedisProcess};
+use crate::redis::{cli_binary, query, seeds, server_binary, RedisProcess};
 
 /// How long starting (or joining) may take before the test fails.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -122,12 +122,7 @@ impl RedisCluster {
 
     /// The backplane URL: `redis+cluster://` with every master as a seed.
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self
-            .masters
-            .iter()
-            .map(|m| format!("127.0.0.1:{}", m.port))
-            .collect();
-        format!("redis+cluster://{}", seeds.join(","))
+        format!("redis+cluster://{}", seeds(&self.ports()))
     }
 
     /// The ports of the masters, in start order.

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::ports::free_port;
-use crate::redis::{query, RedisProcess};
+use crate::redis::{query, seeds, RedisProcess};
 
 /// The name the sentinels monitor.
 pub const MASTER_NAME: &str = "relay";
@@ -111,12 +111,10 @@ impl RedisSentinel {
     /// The backplane URL: `redis+sentinel://` with every sentinel and the
     /// master name.
     pub fn url(&self) -> String {
-        let seeds: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|s| format!("127.0.0.1:{}", s.port))
-            .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", seeds.join(","))
+        format!(
+            "redis+sentinel://{}/{MASTER_NAME}",
+            seeds(&self.sentinel_ports())
+        )
     }
 
     /// The sentinels' ports.
