@@ -27,6 +27,11 @@ pub(crate) enum Scenario {
     /// A chat service: most clients idle, a few busy rooms, casual chatters
     /// with typing, direct messages, clients joining and leaving extra rooms.
     Mixed,
+    /// Rooms chat (the measured clients) on the first target while the
+    /// parent attacks it: non-readers, slow HTTP bodies, a room flood and
+    /// login bursts (--hostile-* flags); the report adds what each attack
+    /// got and the node's peak RSS.
+    Hostile,
 }
 
 impl Scenario {
@@ -39,6 +44,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::ReconnectStorm => "reconnect-storm",
             Scenario::Mixed => "mixed",
+            Scenario::Hostile => "hostile",
         }
     }
 }
@@ -283,6 +289,28 @@ pub(crate) struct RunArgs {
     /// --server-arg=--rate=100.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub(crate) server_args: Vec<String>,
+
+    /// Hostile: sockets that send `history` of a room full of long messages
+    /// over and over and never read (4 KiB receive buffer).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) hostile_nonreaders: usize,
+
+    /// Hostile: `history` commands each non-reader sends.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hostile_history: usize,
+
+    /// Hostile: `POST /api/login` requests whose body never finishes, held
+    /// open through the run.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) hostile_slow_bodies: usize,
+
+    /// Hostile: rooms one connection tries to join (the room flood).
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hostile_rooms: usize,
+
+    /// Hostile: concurrent bogus logins, once a second.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) hostile_logins: usize,
 
     /// Connect failures tolerated before the run counts as failed.
     #[arg(long, default_value_t = 0)]

@@ -1,7 +1,7 @@
 //! `loadtest`: the load-test harness of relay.
 //!
 //! One command runs a scenario (`idle`, `fanout`, `rooms`, `dm`, `churn`,
-//! `reconnect-storm`, `mixed`) with up to hundreds of thousands of WebSocket
+//! `reconnect-storm`, `mixed`, `hostile`) with up to hundreds of thousands of WebSocket
 //! clients against one or more relay nodes on loopback, or against a private
 //! cluster it starts itself (`--spawn-cluster N`). The clients are spread over
 //! worker processes (this same binary re-executed with the hidden `worker`
@@ -24,6 +24,7 @@ mod common;
 mod connect;
 mod display;
 mod fleet;
+mod hostile;
 mod parent;
 mod plan;
 mod procstat;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use anyhow::bail;
 use tokio::time::Instant;
 
-use crate::args::RunArgs;
+use crate::args::{RunArgs, Scenario};
 use crate::cluster::{self, Cluster};
 use crate::common::now_ns;
-use crate::connect::resolve_targets;
+use crate::connect::{resolve_targets, Target};
 use crate::display::{fmt_n, Display};
 use crate::fleet::Fleet;
+use crate::hostile::{self, Attack};
 use crate::plan::{self, Plan};
 use crate::report::{self, Run};
 use crate::series::{self, RssBySecond};
@@ -49,6 +50,7 @@ async fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         machine,
         cluster.as_ref(),
         node_threads,
+        &targets,
     )
     .await;
     if let Some(c) = cluster.as_mut() {
@@ -139,6 +141,7 @@ async fn drive(
     machine: serde_json::Value,
     cluster: Option<&Cluster>,
     node_threads: Option<usize>,
+    targets: &[Target],
 ) -> anyhow::Result<i32> {
     for w in warnings {
         eprintln!("warning: {w}");
@@ -163,7 +166,11 @@ async fn drive(
     for s in sampled.all() {
         s.connected();
     }
-    let rss = run_phase(args, &mut fleet, &mut sampled, &mut display).await?;
+    let attack = match args.scenario {
+        Scenario::Hostile => Some(Hostile::Planned(&targets[0], &plan.run_id)),
+        _ => None,
+    };
+    let (rss, hostile) = run_phase(args, &mut fleet, &mut sampled, &mut display, attack).await?;
     display.finish();
     fleet.wait().await;
     for s in sampled.all() {
@@ -182,6 +189,7 @@ async fn drive(
         servers: &sampled.servers,
         redis: sampled.redis.as_ref(),
         series,
+        hostile,
     };
     report::finish(&run, reports.into_iter().flatten().collect())
 }
@@ -237,18 +245,28 @@ async fn settle_phase(
     Ok(())
 }
 
+/// The attackers of `--scenario hostile`: started with the measured phase,
+/// stopped at its end.
+enum Hostile<'a> {
+    Planned(&'a Target, &'a str),
+    Running(Attack),
+    Done(hostile::Stats),
+}
+
 /// Phase 2: the measured run and its drain, until every worker reported.
-/// Returns the servers' RSS per second.
+/// Returns the servers' RSS per second (and what the attackers got).
 async fn run_phase(
     args: &RunArgs,
     fleet: &mut Fleet,
     sampled: &mut Sampled,
     display: &mut Display,
-) -> anyhow::Result<RssBySecond> {
+    mut attack: Option<Hostile<'_>>,
+) -> anyhow::Result<(RssBySecond, Option<hostile::Stats>)> {
     let start_ns = now_ns() + 300_000_000;
     fleet.start(start_ns).await?;
     let start_at = Instant::now() + Duration::from_nanos(start_ns.saturating_sub(now_ns()));
     let end_at = start_at + Duration::from_secs_f64(args.duration + args.drain);
+    let run_end = start_at + Duration::from_secs_f64(args.duration);
     let watchdog = end_at + Duration::from_secs_f64(30.0 + 3.0 * args.connect_timeout);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut rss = RssBySecond::default();
@@ -266,6 +284,14 @@ async fn run_phase(
                     s.started();
                 }
                 last_rate = (Instant::now(), fleet.progress.iter().map(|p| p.received).sum());
+                if let Some(Hostile::Planned(target, run_id)) = attack {
+                    attack = Some(Hostile::Running(Attack::start(args, target, run_id)?));
+                }
+            }
+            _ = tokio::time::sleep_until(run_end), if matches!(attack, Some(Hostile::Running(_))) => {
+                if let Some(Hostile::Running(a)) = attack.take() {
+                    attack = Some(Hostile::Done(a.stop().await));
+                }
             }
             _ = tokio::time::sleep_until(end_at), if started && !ended => {
                 ended = true;
@@ -296,5 +322,10 @@ async fn run_phase(
         }
         display.show(phase, &fleet.progress, rate_now);
     }
-    Ok(rss)
+    let hostile = match attack {
+        Some(Hostile::Done(stats)) => Some(stats),
+        Some(Hostile::Running(a)) => Some(a.stop().await),
+        _ => None,
+    };
+    Ok((rss, hostile))
 }

@@ -122,7 +122,7 @@ pub(crate) fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
                 ));
             }
         }
-        Scenario::Rooms | Scenario::Churn | Scenario::ReconnectStorm => {
+        Scenario::Rooms | Scenario::Churn | Scenario::ReconnectStorm | Scenario::Hostile => {
             role.group = i / k;
             let room = ctx.room_name('r', i / k);
             role.rooms.push(room.clone());

@@ -83,7 +83,10 @@ impl Seconds {
         let a = &ctx.spec.args;
         let total = (a.duration + a.drain).ceil() as u64;
         let end_ns = start + (self.next + u64::from(!at_end)) * 1_000_000_000;
-        if self.next >= total || now_ns() < end_ns {
+        // The last second is taken once the clients are done (their final
+        // figures are flushed then).
+        let last = self.next + 1 >= total;
+        if self.next >= total || now_ns() < end_ns || (last && !at_end) {
             return None;
         }
         let cur = merged_latency(ctx);
