@@ -622,6 +622,45 @@ fn print_table(run: &Run<'_>, m: &Merged, f: &Figures) {
     );
 }
 
+/// The `--scenario hostile` rows: what each attack got, and the peak RSS of
+/// the sampled nodes while it ran.
+fn hostile_rows(
+    row: &mut impl FnMut(&str, String),
+    h: &crate::hostile::Stats,
+    servers: &[ServerStats],
+) {
+    row(
+        "hostile non-readers",
+        format!(
+            "{} sockets, {} history sent, {} stalled, {} closed by the node",
+            h.nonreaders,
+            fmt_n(h.history_sent),
+            h.nonreader_writes_stalled,
+            h.nonreaders_closed
+        ),
+    );
+    row(
+        "hostile slow bodies",
+        format!(
+            "{} opened, answered {:?}",
+            h.slow_bodies_opened, h.slow_bodies_answered
+        ),
+    );
+    row(
+        "hostile room flood",
+        format!(
+            "{} joins sent, {} joined, refused {:?}",
+            h.flood_joins_sent, h.flood_joined, h.flood_refused
+        ),
+    );
+    row(
+        "hostile logins",
+        format!("{} sent, answered {:?}", h.logins_sent, h.logins_answered),
+    );
+    let peak = servers.iter().map(|s| s.rss_max_kb).max().unwrap_or(0);
+    row("node peak RSS", format!("{} KiB", fmt_n(peak)));
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -683,43 +722,4 @@ mod tests {
         let none = Pcts::default();
         assert_eq!(thresholds(&a, &lost(0, 0), &none).len(), 1);
     }
-}
-
-/// The `--scenario hostile` rows: what each attack got, and the peak RSS of
-/// the sampled nodes while it ran.
-fn hostile_rows(
-    row: &mut impl FnMut(&str, String),
-    h: &crate::hostile::Stats,
-    servers: &[ServerStats],
-) {
-    row(
-        "hostile non-readers",
-        format!(
-            "{} sockets, {} history sent, {} stalled, {} closed by the node",
-            h.nonreaders,
-            fmt_n(h.history_sent),
-            h.nonreader_writes_stalled,
-            h.nonreaders_closed
-        ),
-    );
-    row(
-        "hostile slow bodies",
-        format!(
-            "{} opened, answered {:?}",
-            h.slow_bodies_opened, h.slow_bodies_answered
-        ),
-    );
-    row(
-        "hostile room flood",
-        format!(
-            "{} joins sent, {} joined, refused {:?}",
-            h.flood_joins_sent, h.flood_joined, h.flood_refused
-        ),
-    );
-    row(
-        "hostile logins",
-        format!("{} sent, answered {:?}", h.logins_sent, h.logins_answered),
-    );
-    let peak = servers.iter().map(|s| s.rss_max_kb).max().unwrap_or(0);
-    row("node peak RSS", format!("{} KiB", fmt_n(peak)));
 }

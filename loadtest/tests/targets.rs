@@ -2,8 +2,10 @@
 //! harness speaks wss:// to a node with `--tls-cert/--tls-key` issued by a
 //! private CA made here with rcgen (trusted with `--ca`, refused without),
 //! and a breached `--max-p99-ms` fails the run (exit 2) while the JSON
-//! report carries the per-second series. Needs the relay binary beside the
-//! loadtest binary (`cargo build --workspace`).
+//! report carries the per-second series; the hostile scenario runs every
+//! attack; a spawned 2-node cluster splits same- and cross-node latency.
+//! Needs the relay binary beside the loadtest binary (`cargo build
+//! --workspace`) and redis-server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -28,14 +30,15 @@ fn node(args: &[&str]) -> Node {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A small rooms run against `url`; returns the output and the JSON report.
-fn run(url: &str, extra: &[&str], json: &Path) -> (Output, serde_json::Value) {
+/// Runs loadtest with `args` (and `--no-progress --json JSON`, the relay
+/// binary beside it for `--spawn-cluster`); returns the output and the JSON
+/// report (null when it wrote none).
+fn loadtest_run(args: &[&str], json: &Path) -> (Output, serde_json::Value) {
     let out = Command::new(loadtest())
-        .args(["--url", url, "--scenario", "rooms", "--clients", "20"])
-        .args(["--duration", "3", "--drain", "1", "--settle", "0.5"])
-        .args(["--workers", "1", "--no-progress", "--json"])
+        .env("RELAY_BIN", loadtest().with_file_name("relay"))
+        .args(args)
+        .args(["--no-progress", "--json"])
         .arg(json)
-        .args(extra)
         .output()
         .expect("loadtest runs");
     let report = std::fs::read_to_string(json)
@@ -43,6 +46,23 @@ fn run(url: &str, extra: &[&str], json: &Path) -> (Output, serde_json::Value) {
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null);
     (out, report)
+}
+
+/// A small rooms run against `url`; returns the output and the JSON report.
+fn run(url: &str, extra: &[&str], json: &Path) -> (Output, serde_json::Value) {
+    let mut args = vec!["--url", url, "--scenario", "rooms", "--clients", "20"];
+    args.extend([
+        "--duration",
+        "3",
+        "--drain",
+        "1",
+        "--settle",
+        "0.5",
+        "--workers",
+        "1",
+    ]);
+    args.extend_from_slice(extra);
+    loadtest_run(&args, json)
 }
 
 fn text(out: &Output) -> String {
@@ -159,47 +179,30 @@ fn a_breached_p99_threshold_fails_the_run_and_the_series_is_reported() {
 
 #[test]
 fn the_hostile_scenario_attacks_while_normal_clients_are_measured() {
-    let relay = loadtest().with_file_name("relay");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("hostile.json");
-    let out = Command::new(loadtest())
-        .env("RELAY_BIN", &relay)
-        .args([
-            "--spawn-cluster",
-            "1",
+    let (out, report) = loadtest_run(
+        &[
+            "--spawn-cluster=1",
             "--embedded",
-            "--scenario",
-            "hostile",
-        ])
-        .args([
-            "--clients",
-            "20",
-            "--duration",
-            "4",
-            "--drain",
-            "1",
-            "--settle",
-            "0.5",
-        ])
-        .args(["--hostile-nonreaders", "2", "--hostile-history", "50"])
-        .args(["--hostile-slow-bodies", "10", "--hostile-rooms", "40"])
-        .args([
-            "--hostile-logins",
-            "5",
-            "--workers",
-            "1",
-            "--no-progress",
-            "--json",
-        ])
-        .arg(&json)
-        .output()
-        .expect("loadtest runs");
+            "--scenario=hostile",
+            "--clients=20",
+            "--duration=4",
+            "--drain=1",
+            "--settle=0.5",
+            "--hostile-nonreaders=2",
+            "--hostile-history=50",
+            "--hostile-slow-bodies=10",
+            "--hostile-rooms=40",
+            "--hostile-logins=5",
+            "--workers=1",
+        ],
+        &json,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Whether the node holds up is the server's business (issue 15); the
     // scenario must run every attack and report it.
     assert!(matches!(out.status.code(), Some(0 | 2)), "{}", text(&out));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let h = &report["hostile"];
     assert_eq!(h["nonreaders"], 2, "{h}");
     assert!(h["history_sent"].as_u64().unwrap() > 0, "{h}");
@@ -225,4 +228,46 @@ fn the_hostile_scenario_attacks_while_normal_clients_are_measured() {
     assert!(peak > 0);
     assert!(stdout.contains("hostile non-readers"), "{stdout}");
     assert!(stdout.contains("node peak RSS"), "{stdout}");
+}
+
+/// The harness against 2 nodes + Redis that it spawns itself reports the
+/// latency of deliveries on the sender's node and of those that crossed
+/// nodes apart, and the two add up to the whole. Needs `redis-server`.
+#[test]
+fn fanout_over_two_nodes_reports_same_and_cross_node_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("cross.json");
+    let (out, report) = loadtest_run(
+        &[
+            "--spawn-cluster=2",
+            "--scenario=fanout",
+            "--clients=40",
+            "--msg-rate=20",
+            "--duration=3",
+            "--drain=2",
+            "--settle=1",
+        ],
+        &json,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest failed: {}", text(&out));
+    assert!(
+        stdout.contains("across nodes"),
+        "the table shows the split: {stdout}"
+    );
+    let count = |key: &str| {
+        report["delivery"][key]["count"]
+            .as_u64()
+            .unwrap_or_default()
+    };
+    let all = count("latency_ms");
+    let same = count("latency_same_node_ms");
+    let cross = count("latency_cross_node_ms");
+    assert!(all > 0, "deliveries were measured");
+    assert!(
+        same > 0 && cross > 0,
+        "both kinds seen: same {same}, cross {cross}"
+    );
+    assert_eq!(same + cross, all, "every delivery is one or the other");
+    assert_eq!(report["delivery"]["lost"].as_u64(), Some(0));
 }
