@@ -226,8 +226,7 @@ impl Drop for Chat {
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
+    format!("127.0.0.1:{}", testkit::free_port())
 }
 
 #[test]
