@@ -275,6 +275,11 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) redis_cluster: Option<usize>,
 
+    /// With --spawn-cluster: put a private nginx (docker/nginx.conf) in front
+    /// of the nodes and connect every client through it.
+    #[arg(long, requires = "spawn_cluster")]
+    pub(crate) nginx: bool,
+
     /// redis-cli binary for --redis-cluster.
     #[arg(long, default_value = "redis-cli")]
     pub(crate) redis_cli_bin: String,

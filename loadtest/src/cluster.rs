@@ -1,5 +1,6 @@
 //! `--spawn-cluster N`: a private redis-server (or, with `--redis-cluster M`,
-//! a private M-master Redis Cluster) and N relay nodes on loopback, started
+//! a private M-master Redis Cluster) and N relay nodes on loopback (with
+//! `--nginx`, behind a private nginx, the clients' only target), started
 //! with the `testkit` guards and stopped (SIGTERM, then SIGKILL, each by its
 //! own PID) when the run ends, even on error. The node logs stay in `dir`.
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
+use testkit::nginx::Nginx;
 use testkit::redis::RedisServer;
 use testkit::redis_cluster::RedisCluster;
 use testkit::Node;
@@ -21,6 +23,7 @@ pub(crate) struct Cluster {
     pub(crate) relay_bin: PathBuf,
     nodes: Vec<Node>,
     redis: Option<Redis>,
+    nginx: Option<Nginx>,
 }
 
 enum Redis {
@@ -42,10 +45,12 @@ pub(crate) struct RedisSpec<'a> {
 const REDIS_ARGS: [&str; 4] = ["--protected-mode", "yes", "--maxclients", "10000"];
 
 impl Cluster {
-    /// Starts Redis (unless `embedded`) and `n` relay nodes.
+    /// Starts Redis (unless `embedded`), `n` relay nodes and, with `nginx`,
+    /// a load balancer in front of them.
     pub(crate) fn start(
         n: usize,
         embedded: bool,
+        nginx: bool,
         relay_bin: Option<&Path>,
         redis: &RedisSpec<'_>,
         server_args: &[String],
@@ -93,6 +98,7 @@ impl Cluster {
             relay_bin: relay_bin.clone(),
             nodes: Vec::new(),
             redis: backplane,
+            nginx: None,
         };
         for k in 1..=n {
             let name = format!("node{k}");
@@ -118,11 +124,19 @@ impl Cluster {
             cluster.urls.push(node.url());
             cluster.nodes.push(node);
         }
+        if nginx {
+            let upstreams: Vec<_> = cluster.nodes.iter().map(|n| n.addr).collect();
+            let lb = Nginx::try_start(&upstreams, None).map_err(|e| anyhow!("nginx: {e}"))?;
+            cluster.urls = vec![lb.url()];
+            cluster.nginx = Some(lb);
+        }
         Ok(cluster)
     }
 
-    /// Stops the nodes (all at once: they drain in parallel), then Redis.
+    /// Stops nginx, the nodes (all at once: they drain in parallel), then
+    /// Redis.
     pub(crate) fn stop(&mut self) {
+        self.nginx = None;
         for node in &self.nodes {
             node.sigterm();
         }

@@ -72,6 +72,7 @@ fn spawn_cluster(
     let c = Cluster::start(
         n,
         args.embedded,
+        args.nginx,
         args.relay_bin.as_deref(),
         &cluster::RedisSpec {
             server_bin: &args.redis_bin,
@@ -81,12 +82,16 @@ fn spawn_cluster(
         &server_args,
     )?;
     eprintln!(
-        "spawned {} node(s){} from {} (logs in {})",
-        c.urls.len(),
+        "spawned {} node(s){}{} from {} (logs in {})",
+        c.node_pids.len(),
         c.redis_url
             .as_deref()
             .map(|u| format!(" + redis {u}"))
             .unwrap_or_default(),
+        match args.nginx {
+            true => format!(" behind nginx {}", c.urls[0]),
+            false => String::new(),
+        },
         c.relay_bin.display(),
         c.dir.display()
     );

@@ -271,3 +271,34 @@ fn fanout_over_two_nodes_reports_same_and_cross_node_latency() {
     assert_eq!(same + cross, all, "every delivery is one or the other");
     assert_eq!(report["delivery"]["lost"].as_u64(), Some(0));
 }
+
+/// `--nginx`: the clients go through one private nginx in front of the
+/// spawned nodes (the WebSocket upgrade proxied), and nothing is lost.
+#[test]
+fn spawned_nodes_behind_nginx_are_one_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("nginx.json");
+    let (out, report) = loadtest_run(
+        &[
+            "--spawn-cluster=2",
+            "--nginx",
+            "--scenario=rooms",
+            "--clients=40",
+            "--duration=2",
+            "--drain=1",
+            "--settle=0.5",
+        ],
+        &json,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let urls = report["config"]["urls"].as_array().unwrap();
+    assert_eq!(urls.len(), 1, "{urls:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("behind nginx"));
+    assert_eq!(report["connect"]["ok"], 40);
+    assert_eq!(report["delivery"]["lost"], 0);
+    assert_eq!(
+        report["servers"].as_array().unwrap().len(),
+        2,
+        "both nodes sampled"
+    );
+}
