@@ -5,18 +5,11 @@
 //! death, Redis outages and restarts. Real redis-server, no mocks; short
 //! timings, bounded waits.
 
-#[path = "support/redis_cluster.rs"]
-mod redis_cluster_support;
-#[path = "support/redis.rs"]
-mod redis_support;
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis_cluster_support::RedisCluster;
-use redis_support::RedisServer;
 use relay::backplane::memory::MemoryHub;
 use relay::backplane::redis::{RedisBackplane, RedisOptions};
 use relay::backplane::{
@@ -24,6 +17,8 @@ use relay::backplane::{
     Topic,
 };
 use relay::protocol::LeaveReason;
+use testkit::redis::RedisServer;
+use testkit::redis_cluster::RedisCluster;
 
 /// How long a test waits for something expected.
 const WAIT: Duration = Duration::from_secs(5);

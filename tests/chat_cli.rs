@@ -4,15 +4,13 @@
 //! `/quit`, refused), reconnect after a node restart, timestamps, MessagePack
 //! and `wss://` with a self-signed certificate.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use support::{Node, WAIT};
+use testkit::{Node, WAIT};
 
 /// How long a reconnect may take (backoff with jitter plus a node start).
 const RECONNECT_WAIT: Duration = Duration::from_secs(20);
@@ -228,8 +226,7 @@ impl Drop for Chat {
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").to_string()
+    format!("127.0.0.1:{}", testkit::free_port())
 }
 
 #[test]
@@ -702,9 +699,9 @@ fn login(node: &Node, user: &str) -> String {
         .expect("runtime");
     rt.block_on(async {
         let body = format!(r#"{{"username":"{user}","password":"correct horse"}}"#);
-        let (status, text) = support::http(node.addr, "POST", "/api/register", &[], &body).await;
+        let (status, text) = testkit::http(node.addr, "POST", "/api/register", &[], &body).await;
         assert_eq!(status, 201, "register {user}: {text}");
-        let (status, text) = support::http(node.addr, "POST", "/api/login", &[], &body).await;
+        let (status, text) = testkit::http(node.addr, "POST", "/api/login", &[], &body).await;
         assert_eq!(status, 200, "login {user}: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         v["token"].as_str().expect("token").to_owned()

@@ -2,13 +2,11 @@
 //! `relay serve` process: every command and event, errors, close codes,
 //! presence per user, recovery, encodings, limits, junk and drain.
 
-mod support;
-
 use std::time::Duration;
 
-use relay::protocol::{Encoding, ServerFrame};
+use relay::protocol::{Encoding, Ref, ServerFrame};
 use serde_json::json;
-use support::*;
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -26,8 +24,8 @@ async fn welcome_describes_the_session() {
         .open()
         .await
         .unwrap();
-    raw.request(json!({"type":"ping"})).await;
-    let _ = c.request(json!({"type":"ping"})).await;
+    raw.request(cmd::ping()).await;
+    let _ = c.request(cmd::ping()).await;
     drop(raw);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("{}?user=carol", node.url()))
         .await
@@ -67,9 +65,7 @@ async fn join_send_ack_message_and_sender_skipped() {
     );
     assert!(uj["ts"].as_u64().unwrap() > 1_600_000_000_000);
 
-    let ack = js(&a
-        .request(json!({"type":"send","room":"lobby","text":"  Hello everyone!  "}))
-        .await);
+    let ack = js(&a.request(cmd::send("lobby", "  Hello everyone!  ")).await);
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["id"], 1);
     assert_eq!(ack["room"], "lobby");
@@ -99,7 +95,7 @@ async fn leave_and_disconnect_notify_with_reasons() {
     for x in [&mut a, &mut b, &mut c] {
         x.join("r1").await;
     }
-    let left = js(&b.request(json!({"type":"leave","room":"r1"})).await);
+    let left = js(&b.request(cmd::leave("r1")).await);
     assert_eq!(left["type"], "left");
     assert_eq!(left["room"], "r1");
     for x in [&mut a, &mut c] {
@@ -112,9 +108,7 @@ async fn leave_and_disconnect_notify_with_reasons() {
         assert_eq!(ul["reason"], "leave");
     }
     // After leaving, bob is no member any more.
-    let e = js(&b
-        .request(json!({"type":"send","room":"r1","text":"x"}))
-        .await);
+    let e = js(&b.request(cmd::send("r1", "x")).await);
     assert_eq!(e["code"], "not_member");
     c.close().await;
     let ul = js(&a
@@ -124,7 +118,7 @@ async fn leave_and_disconnect_notify_with_reasons() {
         )
         .await);
     assert_eq!(ul["reason"], "disconnect");
-    let p = js(&a.request(json!({"type":"who","room":"r1"})).await);
+    let p = js(&a.request(cmd::who("r1")).await);
     assert_eq!(p["type"], "presence");
     assert_eq!(p["users"], json!(["alice"]));
 }
@@ -245,9 +239,7 @@ async fn direct_messages_reach_every_tab_but_the_sending_one() {
         .await
         .unwrap();
     let mut c = guest(&node, "carol").await;
-    let ack = js(&a1
-        .request(json!({"type":"dm","to":"bob","text":"psst"}))
-        .await);
+    let ack = js(&a1.request(cmd::dm("bob", "psst")).await);
     assert_eq!(ack["type"], "ack");
     assert!(ack.get("room").is_none());
     for x in [&mut b1, &mut b2, &mut a2] {
@@ -260,9 +252,7 @@ async fn direct_messages_reach_every_tab_but_the_sending_one() {
     }
     a1.expect_silence(200).await;
     c.expect_silence(50).await;
-    let e = js(&a1
-        .request(json!({"type":"dm","to":"nobody","text":"hi"}))
-        .await);
+    let e = js(&a1.request(cmd::dm("nobody", "hi")).await);
     assert_eq!(e["type"], "error");
     assert_eq!(e["code"], "user_offline");
     assert_eq!(e["ref"], 2);
@@ -276,24 +266,20 @@ async fn typing_is_relayed_and_never_stored() {
     a.join("r").await;
     b.join("r").await;
     a.recv_type("user_joined").await;
-    a.send(json!({"type":"typing","room":"r","active":true}))
-        .await;
+    a.send(cmd::typing("r", true)).await;
     let t = js(&b.recv_type("typing").await);
     assert_eq!(
         t,
         json!({"type":"typing","room":"r","user":"alice","active":true})
     );
-    a.send(json!({"type":"typing","room":"r","active":false}))
-        .await;
+    a.send(cmd::typing("r", false)).await;
     assert_eq!(js(&b.recv_type("typing").await)["active"], false);
     a.expect_silence(200).await;
-    let h = js(&b.request(json!({"type":"history","room":"r"})).await);
+    let h = js(&b.request(cmd::history("r")).await);
     assert_eq!(h["messages"], json!([]));
-    let e = js(&a
-        .request(json!({"type":"typing","room":"elsewhere","active":true}))
-        .await);
+    let e = js(&a.request(cmd::typing("elsewhere", true)).await);
     assert_eq!(e["code"], "not_member");
-    let e = js(&a.request(json!({"type":"who","room":"elsewhere"})).await);
+    let e = js(&a.request(cmd::who("elsewhere")).await);
     assert_eq!(e["code"], "not_member");
 }
 
@@ -305,7 +291,7 @@ async fn history_pages_and_caps_at_fifty() {
     for i in 1..=60 {
         assert_eq!(a.say("h", &format!("m{i}")).await, i);
     }
-    let h = js(&a.request(json!({"type":"history","room":"h"})).await);
+    let h = js(&a.request(cmd::history("h")).await);
     let ids: Vec<u64> = h["messages"]
         .as_array()
         .unwrap()
@@ -315,9 +301,7 @@ async fn history_pages_and_caps_at_fifty() {
     assert_eq!(ids, (11..=60).collect::<Vec<_>>());
     assert_eq!(h["messages"][0]["type"], "message");
     assert_eq!(h["messages"][0]["text"], "m11");
-    let h = js(&a
-        .request(json!({"type":"history","room":"h","before":30,"limit":5}))
-        .await);
+    let h = js(&a.request(cmd::history_page("h", Some(30), 5)).await);
     let ids: Vec<u64> = h["messages"]
         .as_array()
         .unwrap()
@@ -325,9 +309,7 @@ async fn history_pages_and_caps_at_fifty() {
         .map(|m| m["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, vec![25, 26, 27, 28, 29]);
-    let h = js(&a
-        .request(json!({"type":"history","room":"h","limit":2}))
-        .await);
+    let h = js(&a.request(cmd::history_page("h", None, 2)).await);
     assert_eq!(h["messages"].as_array().unwrap().len(), 2);
     assert_eq!(h["messages"][1]["id"], 60);
     let mut b = guest(&node, "bob").await;
@@ -355,9 +337,7 @@ async fn recovery_after_reconnect() {
         a.say("rec", t).await;
     }
     let mut b = guest(&node, "bob").await;
-    let j = js(&b
-        .request(json!({"type":"join","room":"rec","since":1,"epoch":epoch}))
-        .await);
+    let j = js(&b.request(cmd::join_since("rec", 1, &epoch)).await);
     assert_eq!(j["recovered"], true);
     let texts: Vec<&str> = j["history"]
         .as_array()
@@ -368,9 +348,7 @@ async fn recovery_after_reconnect() {
     assert_eq!(texts, ["two", "three"]);
     // Wrong epoch: latest history, not recovered.
     let mut c = guest(&node, "carol").await;
-    let j = js(&c
-        .request(json!({"type":"join","room":"rec","since":1,"epoch":"bogus"}))
-        .await);
+    let j = js(&c.request(cmd::join_since("rec", 1, "bogus")).await);
     assert_eq!(j["recovered"], false);
     assert_eq!(j["history"].as_array().unwrap().len(), 3);
     // More than 50 behind: not recovered, latest 50.
@@ -378,17 +356,13 @@ async fn recovery_after_reconnect() {
         a.say("rec", &format!("x{i}")).await;
     }
     let mut d = guest(&node, "dave").await;
-    let j = js(&d
-        .request(json!({"type":"join","room":"rec","since":3,"epoch":epoch}))
-        .await);
+    let j = js(&d.request(cmd::join_since("rec", 3, &epoch)).await);
     assert_eq!(j["recovered"], false);
     assert_eq!(j["history"].as_array().unwrap().len(), 50);
     assert_eq!(j["history"][49]["id"], 58);
     // Exactly up to date: recovered with nothing missed.
     let mut e = guest(&node, "erin").await;
-    let j = js(&e
-        .request(json!({"type":"join","room":"rec","since":58,"epoch":epoch}))
-        .await);
+    let j = js(&e.request(cmd::join_since("rec", 58, &epoch)).await);
     assert_eq!(j["recovered"], true);
     assert_eq!(j["history"], json!([]));
 }
@@ -409,13 +383,12 @@ async fn msgpack_and_json_clients_share_a_room() {
     j.say("mix", "from json").await;
     let f = js(&m.recv_type("message").await);
     assert_eq!(f["text"], "from json");
-    let ack = m
-        .request(json!({"type":"send","room":"mix","text":"from msgpack"}))
-        .await;
+    let ack = m.request(cmd::send("mix", "from msgpack")).await;
     assert!(matches!(ack, ServerFrame::Ack { id: 2, .. }));
     assert_eq!(js(&j.recv_type("message").await)["text"], "from msgpack");
     // The server really speaks binary MessagePack frames to `max`.
-    m.send(json!({"type":"ping","ref":"p"})).await;
+    m.send(Outgoing::from(cmd::ping()).with_ref(Ref::Str("p".into())))
+        .await;
     let raw = match m.recv_raw().await {
         Message::Binary(b) => b,
         other => panic!("not a binary frame to a msgpack client: {other:?}"),
@@ -444,17 +417,13 @@ async fn idempotent_client_id() {
     let mut b = guest(&node, "bob").await;
     a.join("i").await;
     b.join("i").await;
-    let first = js(&a
-        .request(json!({"type":"send","room":"i","text":"once","client_id":"c-1"}))
-        .await);
-    let again = js(&a
-        .request(json!({"type":"send","room":"i","text":"once","client_id":"c-1"}))
-        .await);
+    let first = js(&a.request(cmd::send_once("i", "once", "c-1")).await);
+    let again = js(&a.request(cmd::send_once("i", "once", "c-1")).await);
     assert_eq!(first["id"], again["id"]);
     assert_eq!(first["ts"], again["ts"]);
     assert_eq!(js(&b.recv_type("message").await)["text"], "once");
     b.expect_silence(300).await;
-    let h = js(&b.request(json!({"type":"history","room":"i"})).await);
+    let h = js(&b.request(cmd::history("i")).await);
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
 }
 
@@ -485,19 +454,15 @@ async fn bad_input_gets_clear_errors_and_the_connection_stays_usable() {
         .request(json!({"type":"send","room":"e","text":"   "}))
         .await);
     assert_eq!(e["code"], "invalid");
-    let e = js(&a
-        .request(json!({"type":"send","room":"e","text":"01234567890"}))
-        .await);
+    let e = js(&a.request(cmd::send("e", "01234567890")).await);
     assert_eq!(e["code"], "too_large");
-    let e = js(&a
-        .request(json!({"type":"send","room":"other","text":"hi"}))
-        .await);
+    let e = js(&a.request(cmd::send("other", "hi")).await);
     assert_eq!(e["code"], "not_member");
     // Nothing of it had an effect, and the connection still works.
-    let h = js(&a.request(json!({"type":"history","room":"e"})).await);
+    let h = js(&a.request(cmd::history("e")).await);
     assert_eq!(h["messages"], json!([]));
     assert_eq!(a.say("e", "0123456789").await, 1);
-    assert_eq!(frame_type(&a.request(json!({"type":"ping"})).await), "pong");
+    assert_eq!(frame_type(&a.request(cmd::ping()).await), "pong");
 }
 
 #[tokio::test]
@@ -506,12 +471,12 @@ async fn rate_limit_then_policy_close() {
     let mut a = guest(&node, "alice").await;
     a.join("r").await; // one token used
     for _ in 0..9 {
-        a.send(json!({"type":"ping"})).await;
+        a.send(cmd::ping()).await;
     }
     for _ in 0..9 {
         a.recv_type("pong").await;
     }
-    a.send(json!({"type":"send","room":"r","text":"over the limit","ref":"x1"}))
+    a.send(Outgoing::from(cmd::send("r", "over the limit")).with_ref(Ref::Str("x1".into())))
         .await;
     let e = js(&a.recv_type("error").await);
     assert_eq!(e["code"], "rate_limited");
@@ -521,7 +486,7 @@ async fn rate_limit_then_policy_close() {
         .is_some_and(|ms| ms > 0 && ms <= 1000));
     // The refused send had no effect.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let h = js(&a.request(json!({"type":"history","room":"r"})).await);
+    let h = js(&a.request(cmd::history("r")).await);
     assert_eq!(h["messages"], json!([]));
     // Sustained abuse: closed with 1008.
     for _ in 0..200 {
@@ -542,7 +507,7 @@ async fn oversized_frame_closes_with_1009() {
     assert_eq!(a.recv_close().await, Some(1009));
     // The node is fine.
     let mut b = guest(&node, "bob").await;
-    assert_eq!(frame_type(&b.request(json!({"type":"ping"})).await), "pong");
+    assert_eq!(frame_type(&b.request(cmd::ping()).await), "pong");
 }
 
 #[tokio::test]
@@ -581,7 +546,7 @@ async fn silent_connection_is_closed_after_two_heartbeats() {
     assert_eq!(ul["reason"], "disconnect");
     assert!(started.elapsed() < Duration::from_secs(3));
     // alice, who reads (and so pongs), is still connected.
-    assert_eq!(frame_type(&a.request(json!({"type":"ping"})).await), "pong");
+    assert_eq!(frame_type(&a.request(cmd::ping()).await), "pong");
     drop(b);
 }
 
@@ -614,9 +579,7 @@ async fn slow_consumer_is_cut_off_while_fast_ones_keep_receiving() {
     for batch in 0..n / 50 {
         for i in 0..50 {
             publisher
-                .send(
-                    json!({"type":"send","room":"big","text":format!("{}{text}", batch * 50 + i)}),
-                )
+                .send(cmd::send("big", &format!("{}{text}", batch * 50 + i)))
                 .await;
         }
         for _ in 0..50 {
@@ -839,18 +802,14 @@ async fn pings_are_answered_and_sent_on_the_raw_wire() {
     assert_eq!(&pong.unwrap()[..], b"are you there");
 
     let text = "x".repeat(4000);
-    let join = json!({"type": "join", "room": "big"}).to_string();
-    ws.send(Message::Text(join.into())).await.unwrap();
+    let join = Outgoing::from(cmd::join("big"));
+    ws.send(join.message(Encoding::Json)).await.unwrap();
     for i in 0..20 {
-        let send = json!({"type": "send", "room": "big", "text": text, "ref": i});
-        ws.send(Message::Text(send.to_string().into()))
-            .await
-            .unwrap();
+        let send = Outgoing::from(cmd::send("big", &text)).with_ref(Ref::Int(i));
+        ws.send(send.message(Encoding::Json)).await.unwrap();
     }
-    let history = json!({"type": "history", "room": "big", "limit": 50, "ref": "h"});
-    ws.send(Message::Text(history.to_string().into()))
-        .await
-        .unwrap();
+    let history = Outgoing::from(cmd::history("big")).with_ref(Ref::Str("h".into()));
+    ws.send(history.message(Encoding::Json)).await.unwrap();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
         let Message::Text(t) = next(m.expect("history in time")) else {

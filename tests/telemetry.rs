@@ -3,8 +3,6 @@
 //! OTLP/HTTP JSON collector running inside the test), the exact movement of
 //! the Prometheus counters over a scripted session, and the disconnect log.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -15,9 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use relay::protocol::Encoding;
-use serde_json::{json, Value};
-use support::redis::RedisServer;
-use support::*;
+use serde_json::Value;
+use testkit::redis::RedisServer;
+use testkit::*;
 use tokio_tungstenite::tungstenite::Message;
 
 /// One span as received by the test collector.
@@ -342,19 +340,13 @@ async fn metrics_count_exactly_what_happened() {
     alice.say("lobby", "two").await;
     bob.recv_type("message").await;
     bob.recv_type("message").await;
-    let ack = bob
-        .request(json!({"type":"dm","to":"alice","text":"psst"}))
-        .await;
+    let ack = bob.request(cmd::dm("alice", "psst")).await;
     assert_eq!(frame_type(&ack), "ack");
     alice.recv_type("direct").await;
     // Errors: recipient offline, not a member, undecodable frame.
-    let e = js(&bob
-        .request(json!({"type":"dm","to":"zed","text":"x"}))
-        .await);
+    let e = js(&bob.request(cmd::dm("zed", "x")).await);
     assert_eq!(e["code"], "user_offline");
-    let e = js(&carol
-        .request(json!({"type":"send","room":"elsewhere","text":"x"}))
-        .await);
+    let e = js(&carol.request(cmd::send("elsewhere", "x")).await);
     assert_eq!(e["code"], "not_member");
     carol.send_raw(Message::Text("{{not json".into())).await;
     let e = js(&carol.recv_type("error").await);
@@ -488,7 +480,7 @@ async fn metrics_count_exactly_what_happened() {
     assert!(m.keys().any(|k| k.starts_with("relay_build_info{")));
 
     // Leaving gives the presence entry back.
-    bob.request(json!({"type":"leave","room":"lobby"})).await;
+    bob.request(cmd::leave("lobby")).await;
     let m = scrape(&node).await;
     assert_eq!(m.get("relay_presence_entries"), Some(&1.0));
     assert_eq!(m.get("relay_rooms"), Some(&1.0));
@@ -540,9 +532,7 @@ async fn slow_consumer_drops_are_counted() {
     // its own queue.
     while sent < 5000 && !overflowed {
         for _ in 0..8 {
-            publisher
-                .send(json!({"type":"send","room":"big","text":text}))
-                .await;
+            publisher.send(cmd::send("big", &text)).await;
         }
         for _ in 0..8 {
             publisher.recv_type("ack").await;
@@ -586,8 +576,5 @@ async fn slow_consumer_drops_are_counted() {
         "{line}"
     );
     // The fast publisher still works.
-    assert_eq!(
-        frame_type(&publisher.request(json!({"type":"ping"})).await),
-        "pong"
-    );
+    assert_eq!(frame_type(&publisher.request(cmd::ping()).await), "pong");
 }

@@ -27,6 +27,11 @@ pub(crate) enum Scenario {
     /// A chat service: most clients idle, a few busy rooms, casual chatters
     /// with typing, direct messages, clients joining and leaving extra rooms.
     Mixed,
+    /// Rooms chat (the measured clients) on the first target while the
+    /// parent attacks it: non-readers, slow HTTP bodies, a room flood and
+    /// login bursts (--hostile-* flags); the report adds what each attack
+    /// got and the node's peak RSS.
+    Hostile,
 }
 
 impl Scenario {
@@ -39,6 +44,7 @@ impl Scenario {
             Scenario::Churn => "churn",
             Scenario::ReconnectStorm => "reconnect-storm",
             Scenario::Mixed => "mixed",
+            Scenario::Hostile => "hostile",
         }
     }
 }
@@ -76,10 +82,27 @@ impl EncodingArg {
 /// Flags of a run (see `loadtest --help`).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub(crate) struct RunArgs {
-    /// Relay WebSocket URL, e.g. ws://127.0.0.1:8080/ws (repeatable; clients
-    /// are spread round-robin). Must be on 127.0.0.0/8.
+    /// Relay WebSocket URL, ws:// or wss://, e.g. ws://127.0.0.1:8080/ws or
+    /// wss://chat.example.com/ws (repeatable; clients are spread
+    /// round-robin). Any host given here is used as it is; client sockets
+    /// are bound to loopback source addresses only for loopback targets.
     #[arg(long = "url")]
     pub(crate) urls: Vec<String>,
+
+    /// PEM file of extra CA certificates trusted for wss:// targets (a
+    /// private CA), besides the webpki roots.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+
+    /// Fail (exit 2) when the end-to-end delivery latency's p99 is above
+    /// this many milliseconds.
+    #[arg(long)]
+    pub(crate) max_p99_ms: Option<f64>,
+
+    /// Fail (exit 2) when more than this share (0..1) of the expected
+    /// deliveries was lost [default: 0, any loss fails].
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) max_loss: f64,
 
     /// How clients are spread over the targets [default: client; room with
     /// --embedded and several nodes].
@@ -252,6 +275,11 @@ pub(crate) struct RunArgs {
     )]
     pub(crate) redis_cluster: Option<usize>,
 
+    /// With --spawn-cluster: put a private nginx (docker/nginx.conf) in front
+    /// of the nodes and connect every client through it.
+    #[arg(long, requires = "spawn_cluster")]
+    pub(crate) nginx: bool,
+
     /// redis-cli binary for --redis-cluster.
     #[arg(long, default_value = "redis-cli")]
     pub(crate) redis_cli_bin: String,
@@ -266,6 +294,28 @@ pub(crate) struct RunArgs {
     /// --server-arg=--rate=100.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub(crate) server_args: Vec<String>,
+
+    /// Hostile: sockets that send `history` of a room full of long messages
+    /// over and over and never read (4 KiB receive buffer).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) hostile_nonreaders: usize,
+
+    /// Hostile: `history` commands each non-reader sends.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hostile_history: usize,
+
+    /// Hostile: `POST /api/login` requests whose body never finishes, held
+    /// open through the run.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) hostile_slow_bodies: usize,
+
+    /// Hostile: rooms one connection tries to join (the room flood).
+    #[arg(long, default_value_t = 300)]
+    pub(crate) hostile_rooms: usize,
+
+    /// Hostile: concurrent bogus logins, once a second.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) hostile_logins: usize,
 
     /// Connect failures tolerated before the run counts as failed.
     #[arg(long, default_value_t = 0)]

@@ -5,7 +5,7 @@
 //! from which the parent computes expected vs delivered.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,18 +15,20 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use relay::protocol::{decode_server_frame, Encoding, Ref, ServerFrame};
 use serde_json::{json, Value};
-use std::borrow::Cow;
-use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 
 use crate::args::Scenario;
 use crate::common::{new_hist, now_ns, Counters, MemberOut, Ranges, WorkerSpec};
+use crate::connect::{connect, ws_cause, Target, Welcome};
+use crate::scan::{fast_message, latency_us, Origin};
+use crate::scenario::{mix, role, MixedLayout, Role, SendPlan, SendTo};
 use crate::wire::{In, Ws, WsError};
 
 /// First source address: 127.0.0.2.
 const SOURCE_BASE: u32 = 0x7f00_0002;
-const HIST_SHARDS: usize = 16;
+/// Histogram shards per worker.
+pub(crate) const HIST_SHARDS: usize = 16;
 /// Client source ports: PORT_LO .. PORT_LO + PORT_SPAN.
 const PORT_LO: u16 = 10_000;
 const PORT_SPAN: u64 = 50_000;
@@ -83,18 +85,13 @@ impl HistSet {
     }
 }
 
-/// A server to connect to.
-pub(crate) struct Target {
-    pub(crate) addr: SocketAddr,
-    /// `ws://host:port/path` without a query.
-    pub(crate) url: String,
-}
-
 /// Shared by all clients of a worker.
 pub(crate) struct Ctx {
     pub(crate) spec: WorkerSpec,
     pub(crate) enc: Encoding,
     pub(crate) targets: Vec<Target>,
+    /// TLS settings for `wss://` targets.
+    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
     pub(crate) live: Live,
     pub(crate) hists: Vec<Mutex<HistSet>>,
     pub(crate) start: watch::Receiver<Option<u64>>,
@@ -115,6 +112,7 @@ impl Ctx {
     pub(crate) fn new(
         spec: WorkerSpec,
         targets: Vec<Target>,
+        tls: Option<tokio_rustls::TlsConnector>,
         start: watch::Receiver<Option<u64>>,
     ) -> Self {
         let enc = spec.args.encoding.encoding();
@@ -124,6 +122,7 @@ impl Ctx {
         Ctx {
             enc,
             targets,
+            tls,
             live: Live::default(),
             hists: (0..HIST_SHARDS)
                 .map(|_| Mutex::new(HistSet::new()))
@@ -156,7 +155,7 @@ impl Ctx {
     }
 
     /// Guest name of client `i`, generation `gen` (churn).
-    fn user_name(&self, i: u64, gen: u64) -> String {
+    pub(crate) fn user_name(&self, i: u64, gen: u64) -> String {
         if gen == 0 {
             format!("{}u{i}", self.prefix())
         } else {
@@ -164,16 +163,16 @@ impl Ctx {
         }
     }
 
-    fn room_name(&self, kind: char, n: u64) -> String {
+    pub(crate) fn room_name(&self, kind: char, n: u64) -> String {
         format!("{}{kind}{n}", self.prefix())
     }
 
-    fn guest(&self) -> bool {
+    pub(crate) fn guest(&self) -> bool {
         self.spec.args.tokens.is_empty()
     }
 
     /// Source address and port of client `i`'s `conn_no`-th connection.
-    fn source_for(&self, i: u64, conn_no: u64) -> Option<(Ipv4Addr, u16)> {
+    pub(crate) fn source_for(&self, i: u64, conn_no: u64) -> Option<(Ipv4Addr, u16)> {
         if self.spec.args.no_bind {
             return None;
         }
@@ -188,7 +187,7 @@ impl Ctx {
     }
 
     /// The k-th alternative of a port that was in use.
-    fn port_shift(&self, port: u16, k: u64) -> u16 {
+    pub(crate) fn port_shift(&self, port: u16, k: u64) -> u16 {
         let p = u64::from(port - PORT_LO);
         PORT_LO + ((p + k * (self.per_source() + 7919)) % PORT_SPAN) as u16
     }
@@ -200,336 +199,6 @@ pub(crate) struct ClientOut {
     pub(crate) members: Vec<MemberOut>,
     /// (stream, id, ack ns, sender identity)
     pub(crate) acks: Vec<(String, u64, u64, u64)>,
-}
-
-// ----------------------------------------------------------------------------
-// Roles: what each client does, derived from its index and the flags.
-
-#[derive(Debug, Clone)]
-enum SendTo {
-    Room(String),
-    DmPartner(u64),
-    DmRandom,
-}
-
-#[derive(Debug, Clone)]
-struct SendPlan {
-    to: SendTo,
-    /// Seconds between sends (mean, when Poisson).
-    interval: f64,
-    /// Offset of the first send after the start, seconds (fixed schedules).
-    phase: f64,
-    poisson: bool,
-    /// Send `typing` 0.5 s before each message.
-    typing: bool,
-}
-
-impl SendPlan {
-    /// A send every `interval` seconds, the first after `phase`.
-    fn fixed(to: SendTo, interval: f64, phase: f64) -> Self {
-        SendPlan {
-            to,
-            interval,
-            phase,
-            poisson: false,
-            typing: false,
-        }
-    }
-
-    /// Sends at Poisson times of mean `interval`, optionally typing first.
-    fn poisson(to: SendTo, interval: f64, typing: bool) -> Self {
-        SendPlan {
-            to,
-            interval,
-            phase: 0.0,
-            poisson: true,
-            typing,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-struct Role {
-    /// Number of the home room (or DM pair): selects the target with --affinity room.
-    group: u64,
-    rooms: Vec<String>,
-    sends: Vec<SendPlan>,
-    /// Mixed: mean seconds between joining an extra room (then leaving it).
-    extra: Option<f64>,
-    /// Whether direct messages may arrive (inbox membership).
-    inbox: bool,
-}
-
-fn mix(mut x: u64) -> u64 {
-    // splitmix64
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// Mixed scenario layout: the first 5% of clients are in busy rooms of up to
-/// 100, the others in normal rooms of --room-size.
-struct MixedLayout {
-    busy_n: u64,
-    busy_size: u64,
-    normal_size: u64,
-    normal_rooms: u64,
-}
-
-impl MixedLayout {
-    fn new(clients: u64, room_size: u64) -> Self {
-        let busy_size = 100.min(clients).max(1);
-        let busy_n = (clients / 20).min(clients);
-        let normal_size = room_size.max(2);
-        let normal_rooms = (clients - busy_n).div_ceil(normal_size).max(1);
-        MixedLayout {
-            busy_n,
-            busy_size,
-            normal_size,
-            normal_rooms,
-        }
-    }
-}
-
-fn role(ctx: &Ctx, i: u64, rng: &mut SmallRng) -> Role {
-    let a = &ctx.spec.args;
-    let k = a.room_size().max(1);
-    let r = a.rate();
-    let interval = if r > 0.0 { 1.0 / r } else { f64::INFINITY };
-    let random_phase = |rng: &mut SmallRng| rng.random_range(0.0..interval.clamp(1e-3, 1e6));
-    let mut role = Role::default();
-    match a.scenario {
-        Scenario::Idle => {
-            role.group = i / k;
-            if a.room_size() > 0 {
-                role.rooms.push(ctx.room_name('r', i / k));
-            }
-        }
-        Scenario::Fanout => {
-            let room = ctx.room_name('f', 0);
-            role.rooms.push(room.clone());
-            let p = a.publishers();
-            if i < p && a.msg_rate > 0.0 {
-                let iv = p as f64 / a.msg_rate;
-                role.sends.push(SendPlan::fixed(
-                    SendTo::Room(room),
-                    iv,
-                    iv * i as f64 / p as f64,
-                ));
-            }
-        }
-        Scenario::Rooms | Scenario::Churn | Scenario::ReconnectStorm => {
-            role.group = i / k;
-            let room = ctx.room_name('r', i / k);
-            role.rooms.push(room.clone());
-            if r > 0.0 {
-                let phase = random_phase(rng);
-                role.sends
-                    .push(SendPlan::fixed(SendTo::Room(room), interval, phase));
-            }
-        }
-        Scenario::Dm => {
-            role.group = i / 2;
-            role.inbox = true;
-            let partner = i ^ 1;
-            if partner < a.clients && r > 0.0 && ctx.guest() {
-                let phase = random_phase(rng);
-                role.sends
-                    .push(SendPlan::fixed(SendTo::DmPartner(partner), interval, phase));
-            }
-        }
-        Scenario::Mixed => {
-            role.inbox = ctx.guest();
-            let l = MixedLayout::new(a.clients, a.room_size());
-            let h = mix(i ^ ctx.spec.seed) % 100;
-            if i < l.busy_n {
-                role.group = i / l.busy_size;
-                let room = ctx.room_name('b', i / l.busy_size);
-                role.rooms.push(room.clone());
-                // Busy rooms: every member chats at 5× the casual rate.
-                if r > 0.0 {
-                    role.sends
-                        .push(SendPlan::poisson(SendTo::Room(room), interval / 5.0, true));
-                }
-            } else {
-                let n = (i - l.busy_n) / l.normal_size;
-                role.group = n + l.busy_n.div_ceil(l.busy_size);
-                let room = ctx.room_name('n', n);
-                role.rooms.push(room.clone());
-                // 20% chat casually (with typing), 70% idle.
-                if h < 20 && r > 0.0 {
-                    role.sends
-                        .push(SendPlan::poisson(SendTo::Room(room), interval, true));
-                }
-            }
-            // 4% send direct messages to random users; 5% wander into other rooms.
-            if (20..24).contains(&h) && r > 0.0 && ctx.guest() && a.clients > 1 {
-                role.sends
-                    .push(SendPlan::poisson(SendTo::DmRandom, interval, false));
-            }
-            if (24..29).contains(&h) && l.normal_rooms > 1 {
-                role.extra = Some(15.0);
-            }
-        }
-    }
-    role
-}
-
-// ----------------------------------------------------------------------------
-// Connecting.
-
-fn pct_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn io_cause(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match e.kind() {
-        K::ConnectionRefused => "refused".into(),
-        K::ConnectionReset => "reset".into(),
-        K::ConnectionAborted => "aborted".into(),
-        K::TimedOut => "timeout".into(),
-        K::AddrNotAvailable => "addr_not_available".into(),
-        K::AddrInUse => "addr_in_use".into(),
-        K::UnexpectedEof => "eof".into(),
-        K::BrokenPipe => "broken_pipe".into(),
-        _ => match e.raw_os_error() {
-            Some(24) => "too_many_open_files".into(),
-            Some(n) => format!("os_error_{n}"),
-            None => format!("io_{:?}", e.kind()).to_lowercase(),
-        },
-    }
-}
-
-fn ws_cause(e: &WsError) -> String {
-    match e {
-        WsError::Http(status, Some(code)) => format!("http_{status}_{code}"),
-        WsError::Http(status, None) => format!("http_{status}"),
-        WsError::Io(io) => io_cause(io),
-        WsError::Eof => "eof".into(),
-        WsError::Protocol(p) => format!("protocol: {p}"),
-    }
-}
-
-/// Welcome data.
-struct Welcome {
-    user: String,
-    resume: Option<String>,
-    /// The node that holds the connection.
-    node: String,
-}
-
-async fn connect(
-    ctx: &Ctx,
-    i: u64,
-    group: u64,
-    conn_no: u64,
-    name: &str,
-    resume: Option<&str>,
-) -> Result<(Ws, Welcome), String> {
-    let _permit = ctx
-        .sem
-        .acquire()
-        .await
-        .map_err(|_| "shutdown".to_string())?;
-    let started = Instant::now();
-    let limit = Duration::from_secs_f64(ctx.spec.args.connect_timeout.max(0.1));
-    let pick = match ctx.spec.args.affinity {
-        Some(crate::args::Affinity::Room) => group,
-        _ => i,
-    };
-    let target = &ctx.targets[(pick % ctx.targets.len() as u64) as usize];
-    let query = if ctx.guest() {
-        match resume {
-            Some(t) => format!("?user={name}&resume={}", pct_encode(t)),
-            None => format!("?user={name}"),
-        }
-    } else {
-        let tokens = &ctx.spec.args.tokens;
-        format!(
-            "?token={}",
-            pct_encode(&tokens[(i % tokens.len() as u64) as usize])
-        )
-    };
-    let socket = TcpSocket::new_v4().map_err(|e| io_cause(&e))?;
-    // An explicit port per client: bind(port 0) searches the port space
-    // linearly in the kernel (inet_csk_get_port), which costs milliseconds
-    // per socket with ~20k sockets on one address. No SO_REUSEADDR: it would
-    // let two sockets share a port, and a duplicate 4-tuple's SYN is dropped.
-    if let Some((src, port)) = ctx.source_for(i, conn_no) {
-        let mut bound = Err(std::io::Error::other("no port tried"));
-        for k in 0..8u64 {
-            let port = ctx.port_shift(port, k);
-            bound = socket.bind(SocketAddr::V4(SocketAddrV4::new(src, port)));
-            match &bound {
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                _ => break,
-            }
-        }
-        bound.map_err(|e| format!("bind_{}", io_cause(&e)))?;
-    }
-    let stream = match timeout(limit, socket.connect(target.addr)).await {
-        Err(_) => return Err("timeout_tcp".into()),
-        Ok(Err(e)) => return Err(io_cause(&e)),
-        Ok(Ok(s)) => s,
-    };
-    let _ = stream.set_nodelay(true);
-    let (host, path) = target
-        .url
-        .strip_prefix("ws://")
-        .and_then(|rest| rest.split_once('/'))
-        .ok_or_else(|| format!("bad target url {}", target.url))?;
-    let path = format!("/{path}{query}");
-    let handshake = Ws::handshake(
-        stream,
-        host,
-        &path,
-        ctx.enc.subprotocol(),
-        ctx.spec.args.read_buffer,
-    );
-    let mut ws = match timeout(limit, handshake).await {
-        Err(_) => return Err("timeout_handshake".into()),
-        Ok(Err(e)) => return Err(ws_cause(&e)),
-        Ok(Ok(x)) => x,
-    };
-    let deadline = Instant::now() + limit;
-    loop {
-        let msg = match timeout(deadline - Instant::now().min(deadline), ws.next()).await {
-            Err(_) => return Err("timeout_welcome".into()),
-            Ok(None) => return Err("closed_before_welcome".into()),
-            Ok(Some(Err(e))) => return Err(ws_cause(&e)),
-            Ok(Some(Ok(m))) => m,
-        };
-        let frame = match &msg {
-            In::Text(t) => decode_server_frame(t, Encoding::Json),
-            In::Binary(b) => decode_server_frame(b, Encoding::MsgPack),
-            In::Close(code) => {
-                return Err(format!("closed_before_welcome_{}", code.unwrap_or(1005)))
-            }
-        };
-        match frame {
-            Ok(ServerFrame::Welcome {
-                user, resume, node, ..
-            }) => {
-                let us = started.elapsed().as_micros() as u64;
-                if let Ok(mut h) = ctx.hists[(i as usize) % HIST_SHARDS].lock() {
-                    h.connect.saturating_record(us.max(1));
-                }
-                return Ok((ws, Welcome { user, resume, node }));
-            }
-            Ok(_) => continue,
-            Err(e) => return Err(format!("bad_welcome: {e}")),
-        }
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -1483,125 +1152,6 @@ impl Client {
     }
 }
 
-/// The fields of a `message` frame that the load test needs, borrowed from
-/// the frame. This is the hot path (one per delivery): it skips the
-/// internally tagged `ServerFrame` enum, whose derive buffers every frame
-/// into an owned tree first (~30% of the client's CPU at 1M deliveries/s).
-/// Anything that is not a well-formed `message` goes through
-/// `relay::protocol::decode_server_frame`; the tests check both agree.
-#[derive(serde::Deserialize)]
-struct FastFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default, borrow)]
-    room: Option<Cow<'a, str>>,
-    #[serde(default)]
-    id: Option<u64>,
-    #[serde(default, borrow)]
-    from: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    text: Option<Cow<'a, str>>,
-    #[serde(default)]
-    ts: Option<u64>,
-}
-
-struct FastMessage<'a> {
-    room: Cow<'a, str>,
-    id: u64,
-    text: Cow<'a, str>,
-}
-
-/// The exact bytes relay's JSON encoder writes for a `message` frame
-/// (`{"type":"message","room":R,"id":N,"from":F,"text":T,"ts":N}`), scanned
-/// without a parser. Any deviation (another field order, an escape in a
-/// string, ...) returns None and the frame takes the serde paths.
-fn scan_json_message(b: &[u8]) -> Option<FastMessage<'_>> {
-    fn string(b: &[u8]) -> Option<(&str, &[u8])> {
-        let end = b.iter().position(|&c| c == b'"' || c == b'\\')?;
-        if b[end] != b'"' {
-            return None;
-        }
-        Some((std::str::from_utf8(&b[..end]).ok()?, &b[end + 1..]))
-    }
-    fn number(b: &[u8]) -> Option<(u64, &[u8])> {
-        let end = b
-            .iter()
-            .position(|c| !c.is_ascii_digit())
-            .unwrap_or(b.len());
-        if end == 0 || end > 19 {
-            return None;
-        }
-        let mut n = 0u64;
-        for &c in &b[..end] {
-            n = n * 10 + u64::from(c - b'0');
-        }
-        Some((n, &b[end..]))
-    }
-    let b = b.strip_prefix(b"{\"type\":\"message\",\"room\":\"")?;
-    let (room, b) = string(b)?;
-    let b = b.strip_prefix(b",\"id\":")?;
-    let (id, b) = number(b)?;
-    let b = b.strip_prefix(b",\"from\":\"")?;
-    let (_from, b) = string(b)?;
-    let b = b.strip_prefix(b",\"text\":\"")?;
-    let (text, b) = string(b)?;
-    let b = b.strip_prefix(b",\"ts\":")?;
-    let (_ts, b) = number(b)?;
-    if b != b"}" {
-        return None;
-    }
-    Some(FastMessage {
-        room: Cow::Borrowed(room),
-        id,
-        text: Cow::Borrowed(text),
-    })
-}
-
-fn fast_message(bytes: &[u8], enc: Encoding) -> Option<FastMessage<'_>> {
-    if enc == Encoding::Json {
-        if let Some(m) = scan_json_message(bytes) {
-            return Some(m);
-        }
-    }
-    let f: FastFrame<'_> = match enc {
-        Encoding::Json => serde_json::from_slice(bytes).ok()?,
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).ok()?,
-    };
-    if f.kind != "message" || f.from.is_none() || f.ts.is_none() {
-        return None;
-    }
-    Some(FastMessage {
-        room: f.room?,
-        id: f.id?,
-        text: f.text?,
-    })
-}
-
-/// Which node delivered a message, relative to the sender's. With Redis
-/// both kinds go through Redis pub/sub (the sender's node receives its
-/// own publication back); a cross-node delivery was made by another node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// Delivered by the node that holds the sender's connection.
-    SameNode,
-    /// Delivered by another node than the sender's.
-    CrossNode,
-    /// The text did not say (another sender than loadtest).
-    Unknown,
-}
-
-/// The latency (µs) of a text sent as `t=<unix ns> n=<node> ...`, and the
-/// sender's node when the text names it.
-fn latency_us(text: &str, now: u64) -> Option<(u64, Option<&str>)> {
-    let digits = text.strip_prefix("t=")?;
-    let end = digits.find(' ').unwrap_or(digits.len());
-    let sent: u64 = digits[..end].parse().ok()?;
-    let node = digits[end..]
-        .strip_prefix(" n=")
-        .map(|rest| &rest[..rest.find(' ').unwrap_or(rest.len())]);
-    Some((now.saturating_sub(sent) / 1000, node))
-}
-
 async fn close_quietly(ws: &mut Ws) {
     let _ = timeout(Duration::from_millis(300), ws.close()).await;
 }
@@ -1698,59 +1248,7 @@ pub(crate) async fn run_client(ctx: Arc<Ctx>, i: u64, local: u64) -> ClientOut {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use relay::protocol::{encode, ChatMessage, HistoryEntry};
-
-    #[test]
-    fn fast_path_agrees_with_the_protocol_decoder() {
-        let msg = ChatMessage {
-            room: "lobby".into(),
-            id: 42,
-            from: "alice".into(),
-            text: "t=123 s=1 c=2 \"quoted\" é".into(),
-            ts: 7,
-        };
-        for enc in [Encoding::Json, Encoding::MsgPack] {
-            let bytes = encode(&ServerFrame::Message(msg.clone()), enc);
-            let fast = fast_message(&bytes, enc).expect("fast path");
-            let Ok(ServerFrame::Message(slow)) = decode_server_frame(&bytes, enc) else {
-                panic!("not a message");
-            };
-            assert_eq!(
-                (fast.room.as_ref(), fast.id, fast.text.as_ref()),
-                (slow.room.as_str(), slow.id, slow.text.as_str())
-            );
-            for other in [
-                ServerFrame::Ack {
-                    id: 1,
-                    ts: 2,
-                    room: Some("lobby".into()),
-                    reference: Some(Ref::Int(3)),
-                },
-                ServerFrame::Joined {
-                    room: "lobby".into(),
-                    epoch: "e".into(),
-                    presence: vec!["a".into()],
-                    history: vec![HistoryEntry::from(msg.clone())],
-                    recovered: false,
-                    reference: None,
-                },
-                ServerFrame::Direct {
-                    from: "a".into(),
-                    to: "b".into(),
-                    text: "x".into(),
-                    ts: 1,
-                    id: 2,
-                },
-                ServerFrame::Pong { reference: None },
-            ] {
-                assert!(
-                    fast_message(&encode(&other, enc), enc).is_none(),
-                    "{other:?}"
-                );
-            }
-        }
-    }
+    use crate::common::Ranges;
 
     #[test]
     fn ranges_track_ids() {
@@ -1761,17 +1259,5 @@ mod tests {
         assert!(!r.insert(4));
         assert_eq!(r.0, vec![(1, 5), (8, 10)]);
         assert!(r.contains(9) && !r.contains(7) && !r.contains(11));
-    }
-
-    #[test]
-    fn latency_parses_the_stamp() {
-        assert_eq!(latency_us("t=5000 s=1", 7000), Some((2, None)));
-        assert_eq!(
-            latency_us("t=5000 n=node2 s=1 c=3", 9000),
-            Some((4, Some("node2")))
-        );
-        assert_eq!(latency_us("t=5000 n=", 9000), Some((4, Some(""))));
-        assert_eq!(latency_us("hello", 9000), None);
-        assert_eq!(latency_us("hello", 7000), None);
     }
 }

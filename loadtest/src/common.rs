@@ -106,6 +106,23 @@ pub(crate) enum WorkerMsg {
     /// Every client connected and joined (or failed).
     Ready(Progress),
     Report(Box<WorkerReport>),
+    /// One second of the measured phase (for the report's time series).
+    Second(Second),
+}
+
+/// One second of the measured phase as one worker saw it: second `k` covers
+/// [start + k s, start + (k + 1) s). Counters are cumulative; the histogram
+/// holds only the deliveries recorded in that second.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Second {
+    pub(crate) worker: usize,
+    pub(crate) k: u64,
+    pub(crate) open: u64,
+    pub(crate) sent: u64,
+    pub(crate) acked: u64,
+    pub(crate) received: u64,
+    /// Delivery latency (µs) recorded in the second, [`hist_to_b64`].
+    pub(crate) h_latency: String,
 }
 
 /// Cumulative live figures of one worker.

@@ -1,7 +1,7 @@
 //! `loadtest`: the load-test harness of relay.
 //!
 //! One command runs a scenario (`idle`, `fanout`, `rooms`, `dm`, `churn`,
-//! `reconnect-storm`, `mixed`) with up to hundreds of thousands of WebSocket
+//! `reconnect-storm`, `mixed`, `hostile`) with up to hundreds of thousands of WebSocket
 //! clients against one or more relay nodes on loopback, or against a private
 //! cluster it starts itself (`--spawn-cluster N`). The clients are spread over
 //! worker processes (this same binary re-executed with the hidden `worker`
@@ -11,14 +11,28 @@
 //! `--json`. It exits with status 2 when it saw loss, duplicates, order
 //! violations, self-echo, unexpected server closes or connect failures.
 //!
-//! Every target must be on 127.0.0.0/8: the harness refuses anything else.
+//! The project's own runs stay on loopback (`--spawn-cluster` starts
+//! everything on 127.0.0.1); any other `ws://` or `wss://` target is used
+//! only when given explicitly with `--url`, e.g. to measure a deployment,
+//! with `--max-p99-ms` / `--max-loss` as pass/fail thresholds.
 
+mod accounting;
 mod args;
 mod client;
 mod cluster;
 mod common;
+mod connect;
+mod display;
+mod fleet;
+mod hostile;
 mod parent;
+mod plan;
 mod procstat;
+mod report;
+mod scan;
+mod scenario;
+mod series;
+mod servers;
 mod wire;
 mod worker;
 

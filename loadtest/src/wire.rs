@@ -5,16 +5,56 @@
 //! generator shares the cores with the servers it measures, so every
 //! microsecond it spends per frame is taken from them.
 //!
-//! It speaks what relay needs and no more: `ws://` only, the opening
-//! handshake with a subprotocol, masked client frames, unfragmented server
-//! frames (relay never fragments), pings answered with pongs, close frames.
+//! It speaks what relay needs and no more: `ws://` or `wss://` (TLS by
+//! tokio-rustls, see [`tls_connector`]), the opening handshake with a
+//! subprotocol, masked client frames, unfragmented server frames (relay
+//! never fragments), pings answered with pongs, close frames.
 
 use std::io;
+use std::path::Path;
+use std::sync::Arc;
 
+use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+use tokio_util::either::Either;
+
+/// The client's TLS settings for `wss://`: the webpki roots, plus the
+/// certificates of `ca` (a PEM file, for a private CA) when given.
+pub(crate) fn tls_connector(ca: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca {
+        let mut n = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("reading --ca {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("parsing --ca {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("--ca {}: not a CA certificate", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("--ca {}: no certificate in the file", path.display());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A client socket: plain TCP (`ws://`) or TLS over TCP (`wss://`).
+pub(crate) type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Largest server frame accepted.
 const MAX_FRAME: usize = 16 << 20;
@@ -53,7 +93,7 @@ impl From<io::Error> for WsError {
 
 /// One client connection.
 pub(crate) struct Ws {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// Bytes asked of each read (grown while reads fill it).
     read_size: usize,
@@ -68,7 +108,7 @@ impl Ws {
     /// `subprotocol`. `read_size`: the first read's size (reads grow to
     /// 64 KiB while they come back full).
     pub(crate) async fn handshake(
-        mut stream: TcpStream,
+        mut stream: Stream,
         host: &str,
         path: &str,
         subprotocol: &str,
@@ -81,6 +121,7 @@ impl Ws {
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
         let mut buf = BytesMut::with_capacity(1024);
         let head_len = loop {
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -134,6 +175,21 @@ impl Ws {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
+            }
+            // Over TLS pongs cannot be written without waiting: write
+            // them here (each returned write is drained, so this stays
+            // cancel-safe).
+            while !self.pending.is_empty() {
+                match self.stream.write(&self.pending).await {
+                    Ok(0) => return Some(Err(WsError::Eof)),
+                    Ok(n) => {
+                        self.pending.drain(..n);
+                    }
+                    Err(e) => return Some(Err(e.into())),
+                }
+                if let Err(e) = self.stream.flush().await {
+                    return Some(Err(e.into()));
+                }
             }
             if self.buf.capacity() - self.buf.len() < self.read_size {
                 self.buf.reserve(self.read_size);
@@ -209,8 +265,11 @@ impl Ws {
 
     /// Writes pending control replies if the socket takes them now.
     fn try_flush_pending(&mut self) {
+        let Either::Left(stream) = &self.stream else {
+            return;
+        };
         while !self.pending.is_empty() {
-            match self.stream.try_write(&self.pending) {
+            match stream.try_write(&self.pending) {
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
@@ -269,12 +328,15 @@ impl Ws {
             self.stream.write_all(&pending).await?;
         }
         self.stream.write_all(&frame).await?;
+        if matches!(self.stream, Either::Right(_)) {
+            self.stream.flush().await?;
+        }
         Ok(())
     }
 }
 
 /// The `error` code of a refusal's JSON body (PROTOCOL §1), if it has one.
-async fn refusal_code(stream: &mut TcpStream, head: &str, mut body: BytesMut) -> Option<String> {
+async fn refusal_code(stream: &mut Stream, head: &str, mut body: BytesMut) -> Option<String> {
     let length: usize = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim()
@@ -386,7 +448,7 @@ mod tests {
         ])
         .await;
         let s = TcpStream::connect(addr).await.unwrap();
-        let mut ws = Ws::handshake(s, "h", "/ws", "relay.v1.json", 1024)
+        let mut ws = Ws::handshake(Either::Left(s), "h", "/ws", "relay.v1.json", 1024)
             .await
             .unwrap();
         match ws.next().await {
@@ -426,7 +488,7 @@ mod tests {
             s.write_all(resp.as_bytes()).await.unwrap();
         });
         let s = TcpStream::connect(addr).await.unwrap();
-        match Ws::handshake(s, "h", "/ws?user=a", "relay.v1.json", 1024).await {
+        match Ws::handshake(Either::Left(s), "h", "/ws?user=a", "relay.v1.json", 1024).await {
             Err(WsError::Http(409, Some(code))) => assert_eq!(code, "name_taken"),
             Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("accepted"),

@@ -9,14 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::watch;
 
-use crate::client::{run_client, Ctx, HistSet, Target};
+use crate::client::{run_client, Ctx, HistSet};
 use crate::common::{
-    hist_to_b64, now_ns, Counters, Progress, StartCmd, WorkerMsg, WorkerReport, WorkerSpec,
+    hist_to_b64, now_ns, Counters, Progress, Second, StartCmd, WorkerMsg, WorkerReport, WorkerSpec,
 };
+use crate::connect::resolve_targets;
 use crate::procstat;
 
 fn emit(msg: &WorkerMsg) {
@@ -34,38 +35,79 @@ pub(crate) fn raise_nofile() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024)
 }
 
-/// Resolves `ws://HOST:PORT/PATH` targets; only loopback addresses are allowed.
-pub(crate) fn resolve_targets(urls: &[String]) -> anyhow::Result<Vec<Target>> {
-    let mut out = Vec::new();
-    for url in urls {
-        let rest = url
-            .strip_prefix("ws://")
-            .with_context(|| format!("{url}: only ws:// URLs are supported"))?;
-        let (hostport, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/ws"),
-        };
-        let path = path.split('?').next().unwrap_or("/ws");
-        let hostport = if hostport.starts_with("localhost:") {
-            hostport.replacen("localhost", "127.0.0.1", 1)
-        } else {
-            hostport.to_owned()
-        };
-        let addr: std::net::SocketAddr = hostport
-            .parse()
-            .with_context(|| format!("{url}: expected ws://127.x.y.z:PORT/ws"))?;
-        if !addr.ip().is_loopback() {
-            bail!("{url}: refusing a non-loopback target ({})", addr.ip());
+/// The latency histogram of all of a worker's shards.
+fn merged_latency(ctx: &Ctx) -> hdrhistogram::Histogram<u64> {
+    let mut h = crate::common::new_hist();
+    for s in &ctx.hists {
+        if let Ok(s) = s.lock() {
+            let _ = h.add(&s.latency);
         }
-        out.push(Target {
-            addr,
-            url: format!("ws://{hostport}{path}"),
-        });
     }
-    if out.is_empty() {
-        bail!("no --url");
+    h
+}
+
+/// The cumulative live figures of the worker.
+fn progress(ctx: &Ctx, worker: usize) -> Progress {
+    let l = &ctx.live;
+    let h = merged_latency(ctx);
+    Progress {
+        worker,
+        open: l.open.load(Ordering::Relaxed),
+        connected: l.connected.load(Ordering::Relaxed),
+        failed: l.failed.load(Ordering::Relaxed),
+        ready: l.ready.load(Ordering::Relaxed),
+        sent: l.sent.load(Ordering::Relaxed),
+        acked: l.acked.load(Ordering::Relaxed),
+        received: l.received.load(Ordering::Relaxed),
+        p99_us: if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(0.99)
+        },
     }
-    Ok(out)
+}
+
+/// The per-second figures of the measured phase: the latency histogram at
+/// the end of the last second, to subtract from the next.
+#[derive(Default)]
+struct Seconds {
+    next: u64,
+    last: Option<hdrhistogram::Histogram<u64>>,
+}
+
+impl Seconds {
+    /// Second `next`'s figures once it is over (or, `at_end`, once it has
+    /// begun), for the seconds of the run and its drain.
+    fn due(&mut self, ctx: &Ctx, worker: usize, at_end: bool) -> Option<Second> {
+        let start = (*ctx.start.borrow())?;
+        let a = &ctx.spec.args;
+        let total = (a.duration + a.drain).ceil() as u64;
+        let end_ns = start + (self.next + u64::from(!at_end)) * 1_000_000_000;
+        // The last second is taken once the clients are done (their final
+        // figures are flushed then).
+        let last = self.next + 1 >= total;
+        if self.next >= total || now_ns() < end_ns || (last && !at_end) {
+            return None;
+        }
+        let cur = merged_latency(ctx);
+        let mut delta = cur.clone();
+        if let Some(last) = &self.last {
+            let _ = delta.subtract(last);
+        }
+        self.last = Some(cur);
+        let p = progress(ctx, worker);
+        let s = Second {
+            worker,
+            k: self.next,
+            open: p.open,
+            sent: p.sent,
+            acked: p.acked,
+            received: p.received,
+            h_latency: hist_to_b64(&delta),
+        };
+        self.next += 1;
+        Some(s)
+    }
 }
 
 pub(crate) fn main() -> anyhow::Result<()> {
@@ -96,43 +138,22 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let worker = spec.worker;
     let lo = spec.lo;
     let hi = spec.hi;
-    let ctx = Arc::new(Ctx::new(spec, targets, start_rx));
+    let tls = match targets.iter().any(|t| t.tls.is_some()) {
+        true => Some(crate::wire::tls_connector(spec.args.ca.as_deref())?),
+        false => None,
+    };
+    let ctx = Arc::new(Ctx::new(spec, targets, tls, start_rx));
 
     let mut handles = Vec::with_capacity(n as usize);
     for (local, i) in (lo..hi).enumerate() {
         handles.push(tokio::spawn(run_client(ctx.clone(), i, local as u64)));
     }
 
-    let progress = move |ctx: &Ctx| {
-        let l = &ctx.live;
-        let p99_us = {
-            let mut h = crate::common::new_hist();
-            for s in &ctx.hists {
-                if let Ok(s) = s.lock() {
-                    let _ = h.add(&s.latency);
-                }
-            }
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(0.99)
-            }
-        };
-        Progress {
-            worker,
-            open: l.open.load(Ordering::Relaxed),
-            connected: l.connected.load(Ordering::Relaxed),
-            failed: l.failed.load(Ordering::Relaxed),
-            ready: l.ready.load(Ordering::Relaxed),
-            sent: l.sent.load(Ordering::Relaxed),
-            acked: l.acked.load(Ordering::Relaxed),
-            received: l.received.load(Ordering::Relaxed),
-            p99_us,
-        }
-    };
-
-    // Progress lines, and `ready` once every client connected and joined.
+    // Progress lines, `ready` once every client connected and joined, and
+    // one `second` line per second of the measured phase.
     let pctx = ctx.clone();
+    let seconds = Arc::new(std::sync::Mutex::new(Seconds::default()));
+    let rseconds = seconds.clone();
     let reporter = tokio::spawn(async move {
         let mut announced = false;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -143,9 +164,16 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
             let ready = pctx.live.ready.load(Ordering::Relaxed);
             if !announced && ready >= n {
                 announced = true;
-                emit(&WorkerMsg::Ready(progress(&pctx)));
+                emit(&WorkerMsg::Ready(progress(&pctx, worker)));
             } else if k.is_multiple_of(5) {
-                emit(&WorkerMsg::Progress(progress(&pctx)));
+                emit(&WorkerMsg::Progress(progress(&pctx, worker)));
+            }
+            let due = rseconds
+                .lock()
+                .ok()
+                .and_then(|mut s| s.due(&pctx, worker, false));
+            if let Some(s) = due {
+                emit(&WorkerMsg::Second(s));
             }
         }
     });
@@ -199,6 +227,12 @@ async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
         .unwrap_or(0.0);
     reporter.abort();
     stdin_task.abort();
+    // The clients are done: the last second(s) of the run are over too.
+    if let Ok(mut s) = seconds.lock() {
+        while let Some(s) = s.due(&ctx, worker, true) {
+            emit(&WorkerMsg::Second(s));
+        }
+    }
     let mut hs = HistSet::new();
     for s in &ctx.hists {
         if let Ok(s) = s.lock() {

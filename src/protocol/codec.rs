@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::frames::{Command, ErrorCode, Ref, ServerFrame};
+use super::frames::{Command, CommandFrame, ErrorCode, Ref, ServerFrame};
 use super::validate::{is_valid_name, validate_text, Limits, TextError};
 use super::HISTORY_LEN;
 
@@ -79,6 +79,18 @@ pub fn encode_into(frame: &ServerFrame, encoding: Encoding, out: &mut Vec<u8>) {
     };
     if !ok {
         out.truncate(start);
+    }
+}
+
+impl CommandFrame<'_> {
+    /// Serializes the command (with its `ref`) in the given encoding: what a
+    /// client sends, and what [`decode_command`] reads back.
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            // Plain data with string keys: serializing cannot fail.
+            Encoding::Json => serde_json::to_vec(self).unwrap_or_default(),
+            Encoding::MsgPack => rmp_serde::to_vec_named(self).unwrap_or_default(),
+        }
     }
 }
 
@@ -568,5 +580,81 @@ mod tests {
         assert_eq!(e.code, ErrorCode::TooLarge);
         let ok = "é".repeat(4000);
         assert!(cmd(&format!(r#"{{"type":"send","room":"a","text":"{ok}"}}"#)).is_ok());
+    }
+
+    #[test]
+    fn commands_round_trip_through_their_wire_form() {
+        let commands = [
+            Command::Join {
+                room: "lobby".into(),
+                since: Some(4),
+                epoch: Some("e".into()),
+            },
+            Command::Join {
+                room: "lobby".into(),
+                since: None,
+                epoch: None,
+            },
+            Command::Leave { room: "r".into() },
+            Command::Send {
+                room: "r".into(),
+                text: "héllo".into(),
+                client_id: Some("c-1".into()),
+            },
+            Command::Send {
+                room: "r".into(),
+                text: "x".into(),
+                client_id: None,
+            },
+            Command::Dm {
+                to: "bob".into(),
+                text: "psst".into(),
+            },
+            Command::Typing {
+                room: "r".into(),
+                active: true,
+            },
+            Command::Who { room: "r".into() },
+            Command::History {
+                room: "r".into(),
+                before: Some(30),
+                limit: 5,
+            },
+            Command::History {
+                room: "r".into(),
+                before: None,
+                limit: HISTORY_LEN,
+            },
+            Command::Ping,
+        ];
+        let refs = [None, Some(Ref::Int(7)), Some(Ref::Str("x".into()))];
+        for command in &commands {
+            for reference in &refs {
+                for encoding in [Encoding::Json, Encoding::MsgPack] {
+                    let frame = CommandFrame {
+                        command,
+                        reference: reference.as_ref(),
+                    };
+                    let bytes = frame.encode(encoding);
+                    let decoded = decode_command(&bytes, encoding, &limits()).unwrap();
+                    assert_eq!(&decoded.0, command, "{encoding:?}");
+                    assert_eq!(&decoded.1, reference, "{encoding:?}");
+                }
+            }
+        }
+        // The exact wire JSON: `type` first, absent options left out.
+        let ping = CommandFrame {
+            command: &Command::Ping,
+            reference: None,
+        };
+        assert_eq!(ping.encode(Encoding::Json), br#"{"type":"ping"}"#);
+        let send = CommandFrame {
+            command: &commands[4],
+            reference: Some(&Ref::Int(1)),
+        };
+        assert_eq!(
+            String::from_utf8(send.encode(Encoding::Json)).unwrap(),
+            r#"{"type":"send","room":"r","text":"x","ref":1}"#
+        );
     }
 }

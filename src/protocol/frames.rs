@@ -13,16 +13,20 @@ pub enum Ref {
     Str(String),
 }
 
-/// A validated client command.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated client command. Serializes to its wire form (without `ref`;
+/// see [`CommandFrame`]), so `decode_command(encode(cmd)) == cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     /// Join a room, optionally recovering from `since`/`epoch`.
     Join {
         /// Room name.
         room: String,
         /// Last message id the client saw.
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
         /// Epoch the client saw with `since`.
+        #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<String>,
     },
     /// Leave a room.
@@ -37,6 +41,7 @@ pub enum Command {
         /// Trimmed message text.
         text: String,
         /// Idempotency key.
+        #[serde(skip_serializing_if = "Option::is_none")]
         client_id: Option<String>,
     },
     /// Direct message to a user.
@@ -63,12 +68,25 @@ pub enum Command {
         /// Room name.
         room: String,
         /// Exclusive upper bound on ids.
+        #[serde(skip_serializing_if = "Option::is_none")]
         before: Option<u64>,
         /// Number of messages, 1..=50.
         limit: usize,
     },
     /// Application-level ping.
     Ping,
+}
+
+/// A command as sent on the wire: the command's fields, its `type` and an
+/// optional `ref`. Serialize it with `serde_json` or `rmp_serde::to_vec_named`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CommandFrame<'a> {
+    /// The command.
+    #[serde(flatten)]
+    pub command: &'a Command,
+    /// The correlation value echoed in the reply.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<&'a Ref>,
 }
 
 impl Command {
