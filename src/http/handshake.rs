@@ -30,13 +30,13 @@ use crate::session::wire::Transport;
 /// answered. The 101 response and the upgraded socket are ours, not a
 /// WebSocket library's: the connection's writer sends pre-built frames
 /// straight to the socket (see `session::wire`).
-pub(super) struct WsUpgrade {
+pub struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
 /// Why a request is not a WebSocket upgrade.
-pub(super) struct NotUpgrade(StatusCode, &'static str);
+pub struct NotUpgrade(StatusCode, &'static str);
 
 impl IntoResponse for NotUpgrade {
     fn into_response(self) -> Response {
@@ -122,6 +122,47 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
 }
 
 impl WsUpgrade {
+    /// Accepts the upgrade: the `101` answer (with `protocol`, the chosen
+    /// subprotocol, if any) and the connection it becomes once the answer is
+    /// sent, read with frames and messages of at most `max_frame` bytes.
+    /// The node's sessions and `examples/echo.rs` both start here.
+    pub fn accept(
+        self,
+        protocol: Option<&'static str>,
+        max_frame: usize,
+    ) -> (
+        Response,
+        impl std::future::Future<Output = Option<crate::session::Socket>> + Send,
+    ) {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_frame))
+            .max_frame_size(Some(max_frame))
+            // Small: allocated per socket up front; larger frames grow it.
+            .read_buffer_size(512)
+            // Only control replies that the read side discards are written here.
+            .write_buffer_size(0);
+        let response = self.response(protocol);
+        let on_upgrade = self.on_upgrade;
+        let socket = async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return None;
+                }
+            };
+            let (read, prefix, write) = Transport::from_upgraded(upgraded).split();
+            let reader =
+                WebSocketStream::from_partially_read(read, prefix, Role::Server, Some(config))
+                    .await;
+            Some(crate::session::Socket {
+                reader,
+                writer: write,
+            })
+        };
+        (response, socket)
+    }
+
     /// The `101 Switching Protocols` answer, with the chosen subprotocol.
     fn response(&self, protocol: Option<&'static str>) -> Response {
         let accept =
@@ -463,37 +504,18 @@ async fn check_and_upgrade(
     // handshake's trace), linked to the handshake.
     let session_span = crate::session::session_span(&user, node.id(), peer, ip, encoding);
     session_span.follows_from(&span);
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max))
-        // Small: allocated per socket up front; larger frames grow it.
-        .read_buffer_size(512)
-        // Only control replies that the read side discards are written here.
-        .write_buffer_size(0);
-    let response = ws.response(protocol);
-    let on_upgrade = ws.on_upgrade;
+    let (response, socket) = ws.accept(protocol, max);
     // This task ends once the session's task is spawned: only the
     // connection's own state stays resident per socket.
     node.clone().tasks.spawn(
         async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "upgrade failed");
-                    return;
-                }
+            let Some(socket) = socket.await else {
+                return;
             };
-            let (read, prefix, write) = Transport::from_upgraded(upgraded).split();
-            let stream =
-                WebSocketStream::from_partially_read(read, prefix, Role::Server, Some(config))
-                    .await;
             let run = {
                 let _entered = session_span.enter();
                 crate::session::run(
-                    crate::session::Socket {
-                        reader: stream,
-                        writer: write,
-                    },
+                    socket,
                     node.clone(),
                     lease,
                     user,

@@ -4,6 +4,7 @@
 
 mod api;
 mod handshake;
+pub use handshake::{NotUpgrade, WsUpgrade};
 pub mod limits;
 pub mod serve;
 pub mod tls;
