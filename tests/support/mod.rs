@@ -85,12 +85,17 @@ impl Node {
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        // `relay listening on http://ADDR`, or a JSON object with `addr`
+        // under `--log-format json`.
+        let addr = match serde_json::from_str::<Value>(line.trim()) {
+            Ok(v) => v["addr"].as_str().and_then(|a| a.parse().ok()),
+            Err(_) => line
+                .trim()
+                .rsplit("http://")
+                .next()
+                .and_then(|a| a.parse().ok()),
+        }
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         Node {
             child: Some(child),
             addr,
