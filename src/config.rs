@@ -1,11 +1,22 @@
 //! Configuration: every flag of `relay serve`, each with its `RELAY_*`
-//! environment variable. Built once in `main` and handed down as one value.
+//! environment variable and its key in a `--config` TOML file (the flag's
+//! name), checked by [`Config::validate`] before anything connects. Built
+//! once in `main` and handed down as one value.
+//!
+//! Precedence: flags > environment > file > defaults. The file's values are
+//! handed to clap as extra `--key=value` arguments for exactly the keys that
+//! neither a flag nor an environment variable set (clap's `value_source`), so
+//! they go through the same parsers and checks as flags. Secrets can also
+//! come from files: `RELAY_SECRET_FILE`, `RELAY_API_KEY_FILE`,
+//! `RELAY_REDIS_FILE` (and `secret-file` ... keys in the TOML file).
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, ValueEnum};
 
 /// How clients prove who they are (PROTOCOL §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -31,6 +42,12 @@ pub struct Config {
     /// HTTP and WebSocket address to listen on.
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Private address of `/metrics`, `/healthz` and `/readyz` (e.g.
+    /// `0.0.0.0:9090`, not exposed by the Ingress); when set, `/metrics` is
+    /// no longer served on `--listen` (health and readiness stay there too).
+    #[arg(long, env = "RELAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Redis backplane URL (`redis://`, `rediss://`), or a Redis Cluster
     /// (Redis ≥ 7, sharded pub/sub) by its seed nodes:
@@ -66,12 +83,11 @@ pub struct Config {
     pub auth: AuthMode,
 
     /// Signing key(s) of login tokens, the same on every node. Comma-separated
-    /// for rotation: the first signs, all verify.
+    /// for rotation: the first signs, all verify. Required by `--auth token`.
     #[arg(
         long,
         env = "RELAY_SECRET",
         value_delimiter = ',',
-        required_if_eq("auth", "token"),
         hide_env_values = true
     )]
     pub secret: Option<Vec<String>>,
@@ -93,11 +109,11 @@ pub struct Config {
 
     /// PEM certificate chain: serve `https://` and `wss://` directly
     /// (reloaded on SIGHUP and when the file changes).
-    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "RELAY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of `--tls-cert`.
-    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "RELAY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// Most WebSocket connections this node holds (503 when full)
@@ -247,5 +263,558 @@ impl Config {
     /// Drain window.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_secs)
+    }
+}
+
+/// The arguments of `relay serve` and `relay config check`: an optional
+/// configuration file, then every setting.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML file of settings, keys named like the flags (`listen = "..."`,
+    /// `heartbeat-ms = 25000`); flags and `RELAY_*` variables override it.
+    /// `relay config defaults` prints one with every key.
+    #[arg(long, env = "RELAY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The settings.
+    #[command(flatten)]
+    pub settings: Config,
+}
+
+/// A configuration mistake: the flag (or file key) and what is wrong with
+/// it. Printed as one line; the process exits with status 2.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct ConfigError {
+    /// `--flag`, `RELAY_*_FILE` or the configuration file's path.
+    pub flag: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(flag: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            flag: flag.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The settings that are secrets: flag name and environment variable. Each
+/// also reads `<VARIABLE>_FILE` and the file key `<flag>-file`; their values
+/// are redacted by `relay config check`.
+pub const SECRETS: &[(&str, &str)] = &[
+    ("secret", "RELAY_SECRET"),
+    ("api-key", "RELAY_API_KEY"),
+    ("redis", "RELAY_REDIS"),
+];
+
+/// The flag names never read from a configuration file.
+const NOT_IN_FILE: &[&str] = &["config", "help"];
+
+/// A secret's value read from a file: the content without its trailing
+/// newline (files written by `echo` or by editors end with one).
+fn read_secret(path: &Path, what: &str) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(what, format!("cannot read {}: {e}", path.display())))?;
+    let value = text.trim_end_matches(['\n', '\r']).to_owned();
+    if value.trim().is_empty() {
+        return Err(ConfigError::new(
+            what,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(value)
+}
+
+/// Resolves the `RELAY_*_FILE` variables: for each secret whose `_FILE`
+/// variable is set, the variable and the file's content to set it to.
+/// Setting both `RELAY_X` and `RELAY_X_FILE` is an error.
+pub fn secret_files_from_env(
+    var: impl Fn(&str) -> Option<OsString>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (_, env) in SECRETS {
+        let file_var = format!("{env}_FILE");
+        let Some(path) = var(&file_var).filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if var(env).is_some_and(|v| !v.is_empty()) {
+            return Err(ConfigError::new(
+                file_var,
+                format!("{env} is set too; set only one of them"),
+            ));
+        }
+        out.push((env.to_string(), read_secret(Path::new(&path), &file_var)?));
+    }
+    Ok(out)
+}
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag.
+    Flag,
+    /// A `RELAY_*` environment variable (or its `_FILE` variant).
+    Env,
+    /// The `--config` file.
+    File,
+    /// The built-in default.
+    Default,
+}
+
+/// A configuration file turned into arguments: `--key=value` for every key
+/// that neither a flag nor a variable set, and the keys they came from.
+#[derive(Debug, Default)]
+pub struct FileArgs {
+    /// Extra arguments for clap.
+    pub args: Vec<OsString>,
+    /// The flag names taken from the file.
+    pub keys: Vec<String>,
+}
+
+/// Reads a configuration file (TOML, keys are the flag names, `_` allowed
+/// for `-`) against the first parse of the command line (`matches` of the
+/// subcommand, `command` its definition).
+pub fn file_args(
+    path: &Path,
+    command: &clap::Command,
+    matches: &ArgMatches,
+) -> Result<FileArgs, ConfigError> {
+    let where_ = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&where_, format!("cannot read the file: {e}")))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().to_owned();
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        match line {
+            Some(l) => ConfigError::new(&where_, format!("line {l}: {msg}")),
+            None => ConfigError::new(&where_, msg),
+        }
+    })?;
+    let mut out = FileArgs::default();
+    let mut seen: Vec<String> = Vec::new();
+    for (raw_key, value) in &table {
+        let key = raw_key.replace('_', "-");
+        let (flag, value) = match key.strip_suffix("-file") {
+            Some(secret) if SECRETS.iter().any(|(f, _)| *f == secret) => {
+                let Some(p) = value.as_str() else {
+                    return Err(ConfigError::new(
+                        &where_,
+                        format!("`{raw_key}` must be a file path (a string)"),
+                    ));
+                };
+                let v = read_secret(Path::new(p), &format!("{where_}: {raw_key}"))?;
+                (secret.to_owned(), toml::Value::String(v))
+            }
+            _ => (key, value.clone()),
+        };
+        if seen.contains(&flag) {
+            return Err(ConfigError::new(
+                &where_,
+                format!("`{flag}` is set twice (check its `-file` and `_` spellings)"),
+            ));
+        }
+        seen.push(flag.clone());
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .filter(|_| !NOT_IN_FILE.contains(&flag.as_str()))
+            .ok_or_else(|| ConfigError::new(&where_, format!("unknown key `{raw_key}`")))?;
+        let text = match &value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s.clone()),
+                        toml::Value::Integer(i) => parts.push(i.to_string()),
+                        _ => {
+                            return Err(ConfigError::new(
+                                &where_,
+                                format!("`{raw_key}`: list items must be strings"),
+                            ))
+                        }
+                    }
+                }
+                parts.join(",")
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    &where_,
+                    format!("`{raw_key}` must be a string, number, boolean or list"),
+                ))
+            }
+        };
+        let id = arg.get_id().as_str();
+        let set_elsewhere = matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if !set_elsewhere {
+            out.args.push(format!("--{flag}={text}").into());
+            out.keys.push(flag);
+        }
+    }
+    Ok(out)
+}
+
+/// Where each setting came from, by flag name.
+pub fn origin(matches: &ArgMatches, id: &str, from_file: &[String], flag: &str) -> Origin {
+    if from_file.iter().any(|k| k == flag) {
+        return Origin::File;
+    }
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine) => Origin::Flag,
+        Some(ValueSource::EnvVariable) => Origin::Env,
+        _ => Origin::Default,
+    }
+}
+
+/// A TOML value for a setting's text: numbers bare, everything else quoted.
+fn toml_literal(text: &str) -> String {
+    if text.parse::<i64>().is_ok() {
+        text.to_owned()
+    } else {
+        toml::Value::String(text.to_owned()).to_string()
+    }
+}
+
+/// Help text of an argument as `# ` comment lines.
+fn help_comment(arg: &clap::Arg) -> String {
+    let help = arg
+        .get_long_help()
+        .or(arg.get_help())
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for paragraph in help.lines() {
+        let mut line = String::from("#");
+        for word in paragraph.split_whitespace() {
+            if line.len() + 1 + word.len() > 78 && line.len() > 1 {
+                out.push_str(&line);
+                out.push('\n');
+                line = String::from("#");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The settings of `command` (the `relay serve` subcommand), each flag with
+/// its long name.
+fn settings(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    command.get_arguments().filter(|a| {
+        a.get_long()
+            .is_some_and(|l| !NOT_IN_FILE.contains(&l) && l != "version")
+    })
+}
+
+/// `relay config defaults`: a TOML file with every key, its help as a
+/// comment, and its default value (keys without a default are commented
+/// out). Valid as `--config` as it is.
+pub fn defaults_file(command: &clap::Command) -> String {
+    let mut out = String::from(
+        "# relay configuration (relay serve --config FILE). Keys are the flag names;\n\
+         # flags and RELAY_* environment variables override this file.\n\
+         # Secrets (secret, api-key, redis) can be read from files instead:\n\
+         # secret-file = \"/run/secrets/relay-secret\", or RELAY_SECRET_FILE.\n",
+    );
+    for arg in settings(command) {
+        let long = arg.get_long().unwrap_or_default();
+        out.push('\n');
+        out.push_str(&help_comment(arg));
+        if let Some(env) = arg.get_env() {
+            out.push_str(&format!("# Environment: {}\n", env.to_string_lossy()));
+        }
+        let defaults: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        match defaults.as_slice() {
+            [] => out.push_str(&format!("# {long} = \n")),
+            [one] => out.push_str(&format!("{long} = {}\n", toml_literal(one))),
+            many => out.push_str(&format!(
+                "{long} = [{}]\n",
+                many.iter()
+                    .map(|v| toml_literal(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+    out
+}
+
+/// `relay config check`: the effective settings as TOML, each with where it
+/// came from; secrets redacted, unset settings commented out.
+pub fn effective_file(
+    command: &clap::Command,
+    matches: &ArgMatches,
+    from_file: &[String],
+) -> String {
+    let mut out = String::from("# effective relay configuration (secrets redacted)\n");
+    for arg in settings(command) {
+        let long = arg.get_long().unwrap_or_default();
+        let id = arg.get_id().as_str();
+        let source = origin(matches, id, from_file, long);
+        let values: Vec<String> = matches
+            .get_raw(id)
+            .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let from = match source {
+            Origin::Flag => "flag",
+            Origin::Env => "environment",
+            Origin::File => "file",
+            Origin::Default => "default",
+        };
+        // A Redis URL is a secret only when it carries credentials.
+        let secret = SECRETS.iter().any(|(f, _)| *f == long)
+            && (long != "redis" || values.iter().any(|v| v.contains('@')));
+        let value = if values.is_empty() {
+            None
+        } else if secret {
+            Some("\"<redacted>\"".to_owned())
+        } else if values.len() == 1 && arg.get_value_delimiter().is_none() {
+            Some(toml_literal(&values[0]))
+        } else {
+            Some(format!(
+                "[{}]",
+                values
+                    .iter()
+                    .map(|v| toml_literal(v))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        };
+        match value {
+            Some(v) => out.push_str(&format!("{long} = {v}  # {from}\n")),
+            None => out.push_str(&format!("# {long} = (unset)\n")),
+        }
+    }
+    out
+}
+
+/// Checks a Redis URL without connecting: `redis://`, `rediss://`,
+/// `unix://`/`redis+unix://` as the redis crate parses them, and
+/// `redis+cluster://HOST:PORT,...` seed lists. Other `redis+*` schemes are
+/// left to the backplane.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        let rest = rest.split(['/', '?']).next().unwrap_or("");
+        let hosts = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let mut any = false;
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let ok = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(format!("cluster seed `{host}` is not HOST:PORT"));
+            }
+            any = true;
+        }
+        return if any {
+            Ok(())
+        } else {
+            Err("redis+cluster:// names no seed node".into())
+        };
+    }
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("redis" | "rediss" | "unix" | "redis+unix") => {
+            redis::Client::open(url)
+                .map(|_| ())
+                .map_err(|e| format!("invalid URL: {e}"))?;
+            let host_part = url.split_once("://").map_or("", |(_, r)| r);
+            if matches!(scheme, Some("redis" | "rediss")) {
+                let host = host_part.rsplit_once('@').map_or(host_part, |(_, h)| h);
+                if host.split(['/', '?', ':']).next().unwrap_or("").is_empty() {
+                    return Err("invalid URL: no host".into());
+                }
+            }
+            Ok(())
+        }
+        Some(s) if s.starts_with("redis+") => Ok(()),
+        Some(s) => Err(format!(
+            "unsupported scheme `{s}://` (expected redis://, rediss://, unix:// or redis+cluster://)"
+        )),
+        None => Err(format!(
+            "`{url}` is not a URL (expected e.g. redis://127.0.0.1:6379)"
+        )),
+    }
+}
+
+/// A file that must exist and be readable.
+fn check_readable(flag: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(flag, format!("cannot read {}: {e}", path.display())))
+}
+
+impl Config {
+    /// Checks the settings against each other and against the machine
+    /// (files readable), without connecting to anything. The first problem
+    /// found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.redis {
+            check_redis_url(url).map_err(|p| ConfigError::new("--redis", p))?;
+        }
+        if self.redis_prefix.trim().is_empty() {
+            return Err(ConfigError::new("--redis-prefix", "must not be empty"));
+        }
+        if self.redis_timeout_ms < 10 {
+            return Err(ConfigError::new(
+                "--redis-timeout-ms",
+                format!("{} is below 10", self.redis_timeout_ms),
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            if id.trim().is_empty() || id.chars().any(char::is_whitespace) {
+                return Err(ConfigError::new(
+                    "--node-id",
+                    format!("`{id}` must be non-empty without spaces"),
+                ));
+            }
+        }
+        if let Some(ttl) = self.presence_ttl_ms {
+            if ttl <= self.heartbeat_ms {
+                return Err(ConfigError::new(
+                    "--presence-ttl-ms",
+                    format!("{ttl} must be above --heartbeat-ms ({})", self.heartbeat_ms),
+                ));
+            }
+        }
+        let secrets = self.secret.as_deref().unwrap_or_default();
+        if secrets.iter().any(|s| s.trim().is_empty()) {
+            return Err(ConfigError::new("--secret", "has an empty key"));
+        }
+        if self.auth == AuthMode::Token && secrets.is_empty() {
+            return Err(ConfigError::new(
+                "--secret",
+                "required by --auth token (or RELAY_SECRET / RELAY_SECRET_FILE)",
+            ));
+        }
+        if let Some(keys) = &self.api_key {
+            if keys.iter().any(|k| k.trim().is_empty()) {
+                return Err(ConfigError::new("--api-key", "has an empty key"));
+            }
+        }
+        if self.token_ttl_secs == 0 {
+            return Err(ConfigError::new("--token-ttl-secs", "must be above 0"));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                check_readable("--tls-cert", cert)?;
+                check_readable("--tls-key", key)?;
+            }
+            (Some(_), None) => return Err(ConfigError::new("--tls-key", "required by --tls-cert")),
+            (None, Some(_)) => return Err(ConfigError::new("--tls-cert", "required by --tls-key")),
+            (None, None) => {}
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError::new("--max-connections", "must be above 0"));
+        }
+        if self.max_conns_per_ip == 0 {
+            return Err(ConfigError::new("--max-conns-per-ip", "must be above 0"));
+        }
+        if self.max_conns_per_user == 0 {
+            return Err(ConfigError::new("--max-conns-per-user", "must be above 0"));
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "--handshake-timeout-ms",
+                "must be above 0",
+            ));
+        }
+        if let Some(origins) = &self.allowed_origins {
+            for o in origins {
+                let o = o.trim();
+                let ok = o.split_once("://").is_some_and(|(scheme, host)| {
+                    !scheme.is_empty() && !host.is_empty() && !host.contains('/')
+                });
+                if !ok && o != "null" {
+                    return Err(ConfigError::new(
+                        "--allowed-origins",
+                        format!("`{o}` is not an origin like https://chat.example.com"),
+                    ));
+                }
+            }
+        }
+        if let Some(admin) = self.admin_listen {
+            if admin == self.listen && admin.port() != 0 {
+                return Err(ConfigError::new(
+                    "--admin-listen",
+                    format!("{admin} is --listen too; give it another port"),
+                ));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::new(
+                "--log-level",
+                format!("`{}` is not a log filter: {e}", self.log_level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_are_checked_without_connecting() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p@redis.example:6380/0",
+            "redis://localhost",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7001/",
+        ] {
+            assert_eq!(check_redis_url(ok), Ok(()), "{ok}");
+        }
+        // This build's redis crate has no TLS: `rediss://` is refused up front
+        // (with the crate's reason) rather than at the first connection.
+        for bad in [
+            "rediss://redis.example:6380",
+            "localhost:6379",
+            "http://127.0.0.1:6379",
+            "redis://",
+            "redis://:6379",
+            "redis+cluster://",
+            "redis+cluster://h1",
+            "redis+cluster://h1:notaport",
+        ] {
+            assert!(check_redis_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_files_fill_the_variables_and_refuse_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "k1,k2\n").unwrap();
+        let p = path.clone();
+        let got = secret_files_from_env(|k| (k == "RELAY_SECRET_FILE").then(|| p.clone().into()))
+            .unwrap();
+        assert_eq!(got, vec![("RELAY_SECRET".into(), "k1,k2".into())]);
+        let p = path.clone();
+        let both = secret_files_from_env(|k| match k {
+            "RELAY_SECRET_FILE" => Some(p.clone().into()),
+            "RELAY_SECRET" => Some("x".into()),
+            _ => None,
+        });
+        assert_eq!(both.unwrap_err().flag, "RELAY_SECRET_FILE");
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{AuthMode, Config};
 use crate::http::limits::{AttemptLimiter, PerIp};
 use crate::http::serve::{serve, ServeOptions};
 use crate::http::tls::{ReloadingCert, TlsError};
-use crate::http::{router, AppState};
+use crate::http::{admin_router, router, AppState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeLimits};
 use crate::protocol::Limits;
@@ -96,6 +96,9 @@ async fn connect_backplane(
                 tracing::info!(instance = bp.instance(), "connected to the Redis backplane");
                 return Ok(Arc::new(bp));
             }
+            // Only an unreachable Redis is worth waiting for; a bad URL or
+            // setting will not get better.
+            Err(e @ crate::backplane::BackplaneError::Internal(_)) => return Err(e.into()),
             Err(e) if attempt < 30 => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, "Redis not reachable yet; retrying");
@@ -112,6 +115,21 @@ async fn connect_backplane(
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let admin = match config.admin_listen {
+        Some(addr) => Some(bind_listener(addr)?),
+        None => None,
+    };
+    run_with_admin(config, listener, admin, shutdown).await
+}
+
+/// [`run`] with the `--admin-listen` listener already bound (`None`: no
+/// admin port; `/metrics` stays on the public listener).
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let node_id = config.resolved_node_id();
@@ -220,6 +238,8 @@ pub async fn run(
         per_ip: Arc::new(PerIp::default()),
         max_connections,
     };
+    metrics.connections_max.set(max_connections as i64);
+    let admin_app = admin.as_ref().map(|_| admin_router(state.clone()));
     let app = router(state);
     tracing::info!(addr = %listener.local_addr()?, node = node_id, max_connections, tls = tls.is_some(), "relay listening");
 
@@ -238,6 +258,24 @@ pub async fn run(
         Duration::from_secs(3),
     ));
 
+    // The admin port (metrics, health) answers until the very end of a drain.
+    let stop_admin = CancellationToken::new();
+    let admin_server = match (admin, admin_app) {
+        (Some(listener), Some(app)) => {
+            tracing::info!(addr = %listener.local_addr()?, "admin listening (/metrics, /healthz, /readyz)");
+            let stop = stop_admin.clone();
+            Some(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "admin listener failed");
+                }
+            }))
+        }
+        _ => None,
+    };
+
     shutdown.await;
     tracing::info!("shutdown requested");
     node.drain(drain).await;
@@ -249,6 +287,10 @@ pub async fn run(
         tracing::warn!("http server did not stop in time");
     }
     node.shutdown_backplane().await;
+    stop_admin.cancel();
+    if let Some(admin) = admin_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    }
     stop_tasks.cancel();
     node.tasks.close();
     if tokio::time::timeout(Duration::from_secs(3), node.tasks.wait())

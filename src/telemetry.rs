@@ -1,4 +1,5 @@
-//! Logs and traces: `tracing` with text or JSON output on stderr, filtered by
+//! Logs and traces: `tracing` with text or JSON output on stderr (under JSON,
+//! panics are logged as JSON events too), filtered by
 //! `RUST_LOG` or `--log-level`, plus OpenTelemetry traces exported over
 //! OTLP/HTTP when (and only when) `OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set.
@@ -207,6 +208,22 @@ fn install(format: LogFormat, level: &str, provider: Option<&SdkTracerProvider>)
         LogFormat::Json => fmt.json().with_filter(filter).boxed(),
     };
     let _ = Registry::default().with(otel).with(fmt).try_init();
+    if format == LogFormat::Json {
+        // Every line on stderr stays JSON: panics too, as `error` events.
+        std::panic::set_hook(Box::new(|info| {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(panic = %message, location, "panicked");
+        }));
+    }
 }
 
 /// Captures the `traceparent` value a propagator injects.

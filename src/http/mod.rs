@@ -78,7 +78,7 @@ pub fn failure(e: &NodeError) -> Response {
     refuse(status_of(code), code.as_str(), message)
 }
 
-/// Builds the router.
+/// Builds the public router (with `--admin-listen`, without `/metrics`).
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     if state.tokens.is_some() {
@@ -87,13 +87,24 @@ pub fn router(state: AppState) -> Router {
     if state.config.api_key.as_ref().is_some_and(|k| !k.is_empty()) {
         router = router.merge(api::key_routes());
     }
+    if state.config.admin_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
     router
         .route("/ws", get(handshake::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .route("/api/config", get(client_config))
         .merge(web::routes())
+        .with_state(state)
+}
+
+/// The router of `--admin-listen`: metrics, health and readiness only.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Renders the relay chart with helm-check (strict lint, every ci/*-values.yaml,
-# Kubernetes schema validation) into a temporary directory, then asserts on the
-# rendered manifests with test_rendered.py.
+# Renders the relay chart with scripts/helm-check (strict lint, every
+# ci/*-values.yaml, Kubernetes schema validation) into a temporary directory,
+# then asserts on the rendered manifests with test_rendered.py. Needs nothing
+# outside the repository (the tools come from PyPI, see scripts/tools-venv).
 #
 #   bash helm/relay/tests/run.sh        (from anywhere inside the repository)
 #
-# Environment: RELAY_TOOLS (default: ../shared/tools beside the repository),
-# RELAY_TOOLS_VENV (the tools' virtualenv, default ~/.cache/relay-tools/venv),
+# Environment: RELAY_TOOLS_VENV (the tools' virtualenv, default
+# ~/.cache/relay-tools/venv),
 # KEEP_RENDERED=1 keeps the rendered YAML and prints where it is.
 # Exit status 0 only when helm-check and every assertion pass; the last line
 # is `N passed, M failed`.
@@ -14,8 +15,7 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 chart=$(dirname "$here")
 root=$(cd "$chart/../.." && pwd)
-tools=${RELAY_TOOLS:-$root/../shared/tools}
-venv=${RELAY_TOOLS_VENV:-$HOME/.cache/relay-tools/venv}
+tools=$root/scripts
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/relay-chart.XXXXXX")
 if [ "${KEEP_RENDERED:-0}" = 1 ]; then
@@ -24,21 +24,19 @@ else
   trap 'rm -rf "$out"' EXIT
 fi
 
-if [ ! -x "$tools/helm-check" ]; then
-  echo "run.sh: helm-check not found in $tools (set RELAY_TOOLS)" >&2
+if ! venv=$("$tools/tools-venv"); then
+  echo "run.sh: could not install the check tools (scripts/tools-venv)" >&2
   echo "0 passed, 1 failed"
   exit 1
 fi
+export RELAY_TOOLS_VENV="$venv"
 
 cd "$root" || exit 1
 helm_status=0
 "$tools/helm-check" "$chart" --out "$out" || helm_status=$?
 
-# PyYAML: the system python when it has it, else the tools' virtualenv (which
-# helm-check just created).
-py=python3
-if ! "$py" -c 'import yaml' 2>/dev/null; then py="$venv/bin/python"; fi
-
+# The tools' virtualenv has PyYAML (pinned).
+py="$venv/bin/python"
 "$py" "$here/test_rendered.py" "$out" --tools "$tools" > "$out/.result" 2>&1
 test_status=$?
 summary=$(tail -n 1 "$out/.result")

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Assertions on the relay chart as rendered by helm-check.
 
-    test_rendered.py RENDERED_DIR [--tools ../shared/tools]
+    test_rendered.py RENDERED_DIR [--tools scripts]
 
-RENDERED_DIR is what `helm-check helm/relay --out RENDERED_DIR` wrote:
+RENDERED_DIR is what `scripts/helm-check helm/relay --out RENDERED_DIR` wrote:
 default.yaml plus one <name>.yaml per helm/relay/ci/<name>-values.yaml.
-With --tools, values that the schema (or a template guard) must refuse are
+With --tools (the folder of helm_render.py, scripts/), values that the schema (or a template guard) must refuse are
 also rendered and must fail.
 
 Needs PyYAML; when the running python lacks it, the script re-executes itself
@@ -563,7 +563,7 @@ def bad_values_checks(tools):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("rendered")
-    ap.add_argument("--tools", help="../shared/tools: also check that bad values are refused")
+    ap.add_argument("--tools", help="scripts/ (holds helm_render.py): also check that bad values are refused")
     a = ap.parse_args()
 
     files = sorted(f for f in os.listdir(a.rendered) if f.endswith(".yaml"))
