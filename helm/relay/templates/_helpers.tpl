@@ -49,6 +49,15 @@ app.kubernetes.io/component: relay
 {{- end }}
 
 {{/*
+Labels of the `helm test` pods (not selected by the relay Service).
+*/}}
+{{- define "relay.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "relay.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+{{- end }}
+
+{{/*
 Selector labels of the bundled Redis.
 */}}
 {{- define "relay.redis.selectorLabels" -}}
@@ -97,7 +106,9 @@ Where the Redis password comes from, as a dict {secret, key}; empty secret
 means "no password". The chart-created Secret is "<fullname>-redis".
 */}}
 {{- define "relay.redis.passwordSource" -}}
-{{- if .Values.redis.bundled.enabled }}
+{{- if and .Values.redis.bundled.enabled .Values.redis.bundled.existingSecret }}
+{{- dict "secret" .Values.redis.bundled.existingSecret "key" .Values.redis.bundled.existingSecretPasswordKey | toJson }}
+{{- else if .Values.redis.bundled.enabled }}
 {{- dict "secret" (include "relay.redis.fullname" .) "key" "redis-password" | toJson }}
 {{- else if .Values.redis.existingSecret }}
 {{- dict "secret" .Values.redis.existingSecret "key" .Values.redis.existingSecretPasswordKey | toJson }}
@@ -135,8 +146,10 @@ password never appears in the Deployment.
 {{- end }}
 
 {{/*
-A random value for a chart-created Secret that survives upgrades: reuse the
-value already stored in the cluster (lookup; empty offline) or generate one.
+The value of a chart-created Secret, in this order: the explicit value; one
+derived from .Values.secretSeed (the same on every render: GitOps tools that
+only run `helm template` keep it); the value already stored in the cluster
+(lookup; empty offline); 48 random characters.
 Arguments: (list $ secretName key explicitValue)
 */}}
 {{- define "relay.secretValue" -}}
@@ -146,6 +159,8 @@ Arguments: (list $ secretName key explicitValue)
 {{- $explicit := index . 3 }}
 {{- if $explicit }}
 {{- $explicit }}
+{{- else if $ctx.Values.secretSeed }}
+{{- printf "%s/%s/%s/%s" $ctx.Values.secretSeed $ctx.Release.Namespace $name $key | sha256sum | trunc 48 }}
 {{- else }}
 {{- $existing := lookup "v1" "Secret" $ctx.Release.Namespace $name }}
 {{- if and $existing (hasKey (default (dict) $existing.data) $key) }}

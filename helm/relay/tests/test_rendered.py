@@ -149,14 +149,57 @@ def per_variant_checks(r):
             assert "http" in ports, ports
             assert env_value(c, "RELAY_LISTEN") == "0.0.0.0:%d" % ports["http"]
 
-        @check("%s: probes hit /healthz and /readyz on the http port" % r.name)
+        @check("%s: probes hit /healthz and /readyz on the admin port, the one RELAY_ADMIN_LISTEN binds" % r.name)
         def _(c=c):
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            admin = env_value(c, "RELAY_ADMIN_LISTEN")
+            assert admin == "0.0.0.0:%d" % ports["admin"], (admin, ports)
+            assert ports["admin"] != ports["http"], ports
             live, ready = c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]
-            assert (live["path"], live["port"]) == ("/healthz", "http"), live
-            assert (ready["path"], ready["port"]) == ("/readyz", "http"), ready
-            if "startupProbe" in c:
-                start = c["startupProbe"]["httpGet"]
-                assert (start["path"], start["port"]) == ("/healthz", "http"), start
+            assert (live["path"], live["port"]) == ("/healthz", "admin"), live
+            assert (ready["path"], ready["port"]) == ("/readyz", "admin"), ready
+            start = c["startupProbe"]["httpGet"]
+            assert (start["path"], start["port"]) == ("/healthz", "admin"), start
+
+        @check("%s: scraping (annotations or ServiceMonitor) targets the admin port" % r.name)
+        def _(c=c, dep=dep):
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            ann = dep["spec"]["template"]["metadata"].get("annotations", {})
+            if "prometheus.io/port" in ann:
+                assert ann["prometheus.io/port"] == str(ports["admin"]), ann
+            svc = r.one("Service", dep["metadata"]["name"])
+            admin = [p for p in svc["spec"]["ports"] if p["name"] == "admin"]
+            assert admin and admin[0]["targetPort"] == "admin", svc["spec"]["ports"]
+            for sm in r.of_kind("ServiceMonitor"):
+                assert [e["port"] for e in sm["spec"]["endpoints"]] == ["admin"], sm["spec"]["endpoints"]
+            for ing in r.of_kind("Ingress"):
+                for rule in ing["spec"]["rules"]:
+                    for path in rule["http"]["paths"]:
+                        assert path["backend"]["service"]["port"]["name"] == "http", path
+            for route in r.of_kind("HTTPRoute"):
+                for rule in route["spec"]["rules"]:
+                    for ref in rule["backendRefs"]:
+                        assert ref["port"] == [p for p in svc["spec"]["ports"] if p["name"] == "http"][0]["port"], ref
+
+        @check("%s: helm test pod joins a room over the Service and is a test hook" % r.name)
+        def _(dep=dep):
+            pods = [o for o in r.of_kind("Pod") if o["metadata"]["name"].endswith("-test-connection")]
+            assert len(pods) == 1, [o["metadata"]["name"] for o in r.of_kind("Pod")]
+            pod = pods[0]
+            assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+            assert pod["spec"]["restartPolicy"] == "Never"
+            svc = r.one("Service", dep["metadata"]["name"])
+            pod_labels = pod["metadata"]["labels"]
+            assert not labels_match(svc["spec"]["selector"], pod_labels), "the Service must not select the test pod"
+            script = pod["spec"]["containers"][0]["args"][0]
+            assert "host=relay.default.svc port=80" in script and "/dev/tcp/$host/$port" in script, script
+            guest = env_value(relay_container(dep), "RELAY_AUTH") == "guest"
+            assert ("relay chat" in script) == guest, script
+            if guest:
+                assert "ws://$host:$port/ws" in script and "grep -qF" in script, script
+            c = pod["spec"]["containers"][0]
+            assert c["image"] == relay_container(dep)["image"]
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
         @check("%s: terminationGracePeriodSeconds > preStop sleep + RELAY_DRAIN_SECS" % r.name)
         def _(c=c, pod=pod):
@@ -284,12 +327,13 @@ def per_variant_checks(r):
 
 def variant_checks(r):
     if r.name == "default":
-        @check("default: external Redis redis-master with password from Secret redis")
+        @check("default: starts on its own: bundled Redis with a chart-made password")
         def _():
             c = relay_container(r.one("Deployment"))
-            assert env_value(c, "RELAY_REDIS") == "redis://:$(REDIS_PASSWORD)@redis-master:6379"
-            assert secret_ref(c, "REDIS_PASSWORD") == ("redis", "redis-password")
-            assert not r.of_kind("StatefulSet")
+            assert env_value(c, "RELAY_REDIS") == "redis://:$(REDIS_PASSWORD)@relay-redis:6379"
+            assert secret_ref(c, "REDIS_PASSWORD") == ("relay-redis", "redis-password")
+            r.one("Secret", "relay-redis")
+            assert len(r.of_kind("StatefulSet")) == 1
             assert env_value(c, "RELAY_LOG_FORMAT") == "json"
             assert env_value(c, "RELAY_LOG_LEVEL") == "info"
             assert env_value(c, "RELAY_DRAIN_SECS") == "10"
@@ -299,13 +343,14 @@ def variant_checks(r):
         def _():
             ann = r.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
             assert ann.get("prometheus.io/scrape") == "true"
-            assert ann.get("prometheus.io/port") == "8080"
+            assert ann.get("prometheus.io/port") == "9090"
             assert ann.get("prometheus.io/path") == "/metrics"
 
         @check("default: no optional objects")
         def _():
             kinds = sorted(o["kind"] for o in r.objects)
-            assert kinds == ["Deployment", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"], kinds
+            assert kinds == ["Deployment", "Pod", "PodDisruptionBudget", "Secret", "Secret", "Service", "Service",
+                             "Service", "ServiceAccount", "StatefulSet"], kinds
 
     if r.name == "external-redis":
         @check("external-redis: rediss:// URL with the ACL user and the password reference")
@@ -421,8 +466,49 @@ def variant_checks(r):
             assert r.one("PodDisruptionBudget")["spec"] == {
                 "minAvailable": "50%", "selector": r.one("PodDisruptionBudget")["spec"]["selector"]}
 
+    if r.name == "gateway":
+        @check("gateway: HTTPRoute to the http port with the WebSocket timeouts off, no Ingress")
+        def _():
+            route = r.one("HTTPRoute")
+            assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+            assert route["spec"]["parentRefs"] == [{"name": "public", "namespace": "gateway-system", "sectionName": "https"}]
+            assert route["spec"]["hostnames"] == ["chat.example.com"]
+            rule = route["spec"]["rules"][0]
+            assert rule["timeouts"] == {"request": "0s", "backendRequest": "0s"}, rule
+            assert rule["backendRefs"] == [{"name": "relay", "port": 80}]
+            assert not r.of_kind("Ingress")
+
+    if r.name == "observability":
+        @check("observability: PrometheusRule carries alerts/relay.rules.yaml")
+        def _():
+            rule = r.one("PrometheusRule")
+            assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+            want = yaml.safe_load(open(os.path.join(CHART, "alerts", "relay.rules.yaml")))["groups"]
+            assert rule["spec"]["groups"][: len(want)] == want
+            alerts = [x["alert"] for g in rule["spec"]["groups"] for x in g["rules"] if "alert" in x]
+            for name in ("RelayBackplaneErrors", "RelaySlowConsumerDisconnects", "RelayDeliveryLatencyHigh"):
+                assert name in alerts, alerts
+            assert "{{ $labels.instance }}" in yaml.safe_dump(rule), "alert templates must reach Prometheus unrendered"
+
+        @check("observability: Grafana dashboard ConfigMap holds dashboards/relay.json for the sidecar")
+        def _():
+            import json
+            cm = r.one("ConfigMap", "relay-dashboard")
+            assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+            assert cm["metadata"]["annotations"]["grafana_folder"] == "Relay"
+            shipped = json.loads(cm["data"]["relay.json"])
+            assert shipped == json.load(open(os.path.join(CHART, "dashboards", "relay.json")))
+
+        @check("observability: secrets derived from secretSeed, not random")
+        def _():
+            sec = r.one("Secret", "relay-auth")
+            value = base64.b64decode(sec["data"]["relay-secret"]).decode()
+            import hashlib
+            want = hashlib.sha256(b"ci-seed-do-not-use/default/relay-auth/relay-secret").hexdigest()[:48]
+            assert value == want, value
+
     if r.name == "servicemonitor":
-        @check("servicemonitor: ServiceMonitor scrapes the Service's http port")
+        @check("servicemonitor: ServiceMonitor scrapes the Service's admin port")
         def _():
             sm = r.one("ServiceMonitor")
             assert sm["apiVersion"] == "monitoring.coreos.com/v1"
@@ -431,7 +517,7 @@ def variant_checks(r):
             assert labels_match(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
             assert sm["spec"]["namespaceSelector"] == {"matchNames": ["default"]}
             ep = sm["spec"]["endpoints"][0]
-            assert ep["port"] in [p["name"] for p in svc["spec"]["ports"]]
+            assert ep["port"] == "admin" and ep["port"] in [p["name"] for p in svc["spec"]["ports"]]
             assert (ep["path"], ep["interval"], ep["scrapeTimeout"]) == ("/metrics", "15s", "5s")
             assert ep["metricRelabelings"][0]["action"] == "drop"
 
@@ -512,11 +598,12 @@ def chart_checks():
         meta = yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))
         assert (meta["apiVersion"], meta["version"], str(meta["appVersion"])) == ("v2", "0.1.0", "0.1.0"), meta
 
-    @check("ci/: the six documented variants exist")
+    @check("ci/: the eight documented variants exist")
     def _():
         have = sorted(f for f in os.listdir(os.path.join(CHART, "ci")) if f.endswith("-values.yaml"))
         want = sorted("%s-values.yaml" % n for n in (
-            "external-redis", "bundled-redis", "ingress-tls", "autoscaling", "servicemonitor", "token-auth"))
+            "external-redis", "bundled-redis", "ingress-tls", "autoscaling", "servicemonitor", "token-auth",
+            "gateway", "observability"))
         assert set(want) <= set(have), have
 
 
@@ -526,7 +613,9 @@ BAD_VALUES = {
     "auth mode outside guest|token": ("auth: {mode: password}\n", "mode"),
     "log format outside text|json": ("relay: {logFormat: xml}\n", "logFormat"),
     "credentials inside redis.url": ("redis: {url: 'redis://:hunter2@redis:6379'}\n", "url"),
-    "no Redis at all": ("redis: {url: ''}\n", "url"),
+    "no Redis at all": ("redis: {url: '', bundled: {enabled: false}}\n", "url"),
+    "HTTPRoute without a Gateway": ("httpRoute: {enabled: true}\n", "parentRefs"),
+    "admin port below 1024": ("relay: {adminPort: 90}\n", "adminPort"),
     "drain seconds as a string": ("relay: {drainSecs: '10'}\n", "drainSecs"),
     "zero termination margin": ("lifecycle: {terminationMarginSeconds: 0}\n", "terminationMarginSeconds"),
     "unknown top-level key (typo)": ("replicas: 3\n", "replicas"),
@@ -537,6 +626,33 @@ BAD_VALUES = {
     "minReplicas above maxReplicas": ("autoscaling: {enabled: true, minReplicas: 5, maxReplicas: 2}\n", "minReplicas"),
     "bad secret key name": ("auth: {secretKey: 'has space'}\n", "secretKey"),
 }
+
+
+def stable_render_checks(tools):
+    """With secretSeed, two renders are identical (GitOps tools re-render)."""
+    venv = os.environ.get("RELAY_TOOLS_VENV", os.path.expanduser("~/.cache/relay-tools/venv"))
+    py = os.path.join(venv, "bin", "python")
+    render = os.path.join(tools, "helm_render.py")
+    scratch = tempfile.mkdtemp(prefix="relay-chart-stable-")
+    env = dict(os.environ, HOME=scratch, XDG_CACHE_HOME=scratch + "/cache",
+               XDG_CONFIG_HOME=scratch + "/config", XDG_DATA_HOME=scratch + "/data")
+
+    def secrets(values_text):
+        path = os.path.join(scratch, "v.yaml")
+        with open(path, "w") as fh:
+            fh.write(values_text)
+        out = subprocess.run([py, render, CHART, "-f", path], env=env, check=True,
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout
+        return [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Secret"]
+
+    @check("secretSeed: two renders give the same Secrets; without it they differ")
+    def _():
+        a, b = secrets("secretSeed: pin-1\n"), secrets("secretSeed: pin-1\n")
+        assert len(a) == 2 and a == b, "pinned secrets changed between renders"
+        c = secrets("secretSeed: pin-2\n")
+        assert c != a, "the seed does not change the secrets"
+        d, e = secrets("{}\n"), secrets("{}\n")
+        assert d != e, "unpinned secrets are random (if this fails, the test is wrong, not the chart)"
 
 
 def bad_values_checks(tools):
@@ -584,6 +700,7 @@ def main():
     chart_checks()
     if a.tools:
         bad_values_checks(a.tools)
+        stable_render_checks(a.tools)
 
     passed = failed = 0
     for name, fn in CHECKS:
