@@ -706,6 +706,12 @@ impl Config {
                 "required by --auth token (or RELAY_SECRET / RELAY_SECRET_FILE)",
             ));
         }
+        if let Some(secrets) = &self.secret {
+            crate::auth::check_secrets("--secret", secrets).map_err(|m| {
+                let problem = m.strip_prefix("--secret ").unwrap_or(&m).to_owned();
+                ConfigError::new("--secret", problem)
+            })?;
+        }
         if let Some(keys) = &self.api_key {
             if keys.iter().any(|k| k.trim().is_empty()) {
                 return Err(ConfigError::new("--api-key", "has an empty key"));
