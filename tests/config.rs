@@ -302,7 +302,7 @@ fn effective(out: &str, key: &str) -> (String, String) {
 fn precedence_is_flags_then_env_then_file_then_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let secret = write(d, "secret", "from-secret-file\n");
+    let secret = write(d, "secret", "from-secret-file-0123456789abcdef\n");
     let file = write(
         d,
         "relay.toml",
