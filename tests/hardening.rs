@@ -540,7 +540,7 @@ async fn cookie_handshakes_need_the_own_origin() {
 #[tokio::test]
 async fn page_security_headers() {
     let node = Node::start(&[]);
-    for path in ["/", "/index.html", "/app.js", "/style.css"] {
+    for path in ["/", "/index.html", "/app/main.js", "/style.css"] {
         let answer = raw_get("127.0.0.1", node.addr, path, "").await;
         assert_eq!(status_of(&answer), 200, "{path}");
         let head = answer
