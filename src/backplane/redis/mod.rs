@@ -236,7 +236,9 @@ fn node_of(instance: &str) -> &str {
         .unwrap_or(instance)
 }
 
-/// The subscription side as `connect` opened it.
+/// The subscription side as `connect` opened it (built once and consumed at
+/// once, so the size difference of the variants costs nothing).
+#[allow(clippy::large_enum_variant)]
 enum PubSub {
     /// One Redis: the client (for replacements) and the first connection.
     Single(
