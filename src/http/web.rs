@@ -10,9 +10,10 @@ use super::AppState;
 const INDEX: &str = include_str!("../../web/index.html");
 const STYLE: &str = include_str!("../../web/style.css");
 
-/// The page's ES modules (`web/app/*.js`: one concern a file) and its copy of
-/// the JavaScript client library (`web/lib/relay/`, from `clients/js/`), by
-/// URL path.
+/// The page's ES modules (`web/app/*.js`: one concern a file) and the
+/// JavaScript client library it runs on (`clients/js/index.js` and
+/// `clients/js/src/*.js`, served under `/lib/relay/`: the page imports the
+/// very files the npm package ships, no copy), by URL path.
 const MODULES: &[(&str, &str)] = &[
     (
         "/app/connection.js",
@@ -32,35 +33,35 @@ const MODULES: &[(&str, &str)] = &[
     ("/app/typing.js", include_str!("../../web/app/typing.js")),
     (
         "/lib/relay/index.js",
-        include_str!("../../web/lib/relay/index.js"),
+        include_str!("../../clients/js/index.js"),
     ),
     (
         "/lib/relay/src/backoff.js",
-        include_str!("../../web/lib/relay/src/backoff.js"),
+        include_str!("../../clients/js/src/backoff.js"),
     ),
     (
         "/lib/relay/src/client.js",
-        include_str!("../../web/lib/relay/src/client.js"),
+        include_str!("../../clients/js/src/client.js"),
     ),
     (
         "/lib/relay/src/codec.js",
-        include_str!("../../web/lib/relay/src/codec.js"),
+        include_str!("../../clients/js/src/codec.js"),
     ),
     (
         "/lib/relay/src/emitter.js",
-        include_str!("../../web/lib/relay/src/emitter.js"),
+        include_str!("../../clients/js/src/emitter.js"),
     ),
     (
         "/lib/relay/src/errors.js",
-        include_str!("../../web/lib/relay/src/errors.js"),
+        include_str!("../../clients/js/src/errors.js"),
     ),
     (
         "/lib/relay/src/http.js",
-        include_str!("../../web/lib/relay/src/http.js"),
+        include_str!("../../clients/js/src/http.js"),
     ),
     (
         "/lib/relay/src/typing.js",
-        include_str!("../../web/lib/relay/src/typing.js"),
+        include_str!("../../clients/js/src/typing.js"),
     ),
 ];
 
@@ -110,4 +111,37 @@ fn file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
         ],
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MODULES;
+    use std::path::Path;
+
+    /// The `.js` files of a folder of the repository, as URL paths.
+    fn js_files(dir: &str, prefix: &str) -> Vec<String> {
+        let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut out: Vec<String> = std::fs::read_dir(&full)
+            .unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".js"))
+            .map(|n| format!("{prefix}{n}"))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn every_module_of_the_page_and_the_library_is_served() {
+        let mut want = js_files("web/app", "/app/");
+        want.extend(js_files("clients/js/src", "/lib/relay/src/"));
+        want.push("/lib/relay/index.js".to_owned());
+        want.sort();
+        let mut served: Vec<String> = MODULES.iter().map(|(p, _)| p.to_string()).collect();
+        served.sort();
+        assert_eq!(
+            served, want,
+            "add the new file to MODULES in src/http/web.rs"
+        );
+    }
 }

@@ -69,17 +69,3 @@ test('typing helper: one command per throttle window, a stop after idle, a resta
   u.stop();
   assert.deepEqual(sent2, [true, false, true, false], 'send, then typing again: at once when the gap is 0');
 });
-
-test('the web page\'s copy of the library (web/lib/relay) is this library, byte for byte', async () => {
-  const fs = await import('node:fs');
-  const path = await import('node:path');
-  const here = path.dirname(new URL(import.meta.url).pathname);
-  const lib = path.resolve(here, '..');
-  const web = path.resolve(here, '../../../web/lib/relay');
-  const files = ['index.js', ...fs.readdirSync(path.join(lib, 'src')).filter((f) => f.endsWith('.js')).map((f) => `src/${f}`)];
-  const webFiles = ['index.js', ...fs.readdirSync(path.join(web, 'src')).map((f) => `src/${f}`)];
-  assert.deepEqual(webFiles.sort(), [...files].sort(), 'same files (run clients/js/sync-web.sh)');
-  for (const f of files) {
-    assert.equal(fs.readFileSync(path.join(web, f), 'utf8'), fs.readFileSync(path.join(lib, f), 'utf8'), `${f} differs (run clients/js/sync-web.sh)`);
-  }
-});
