@@ -24,22 +24,21 @@ async fn post(node: &Node, path: &str, body: Value, headers: &[(&str, &str)]) ->
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// `POST` of `{"username", "password"}` to `/api/register` or `/api/login`.
+async fn account(node: &Node, path: &str, username: &str, password: &str) -> (u16, Value) {
+    post(
+        node,
+        path,
+        json!({"username": username, "password": password}),
+        &[],
+    )
+    .await
+}
+
 async fn register_and_login(node: &Node, user: &str) -> String {
-    let (s, _) = post(
-        node,
-        "/api/register",
-        json!({"username": user, "password": "hunter2hunter2"}),
-        &[],
-    )
-    .await;
+    let (s, _) = account(node, "/api/register", user, "hunter2hunter2").await;
     assert_eq!(s, 201);
-    let (s, body) = post(
-        node,
-        "/api/login",
-        json!({"username": user, "password": "hunter2hunter2"}),
-        &[],
-    )
-    .await;
+    let (s, body) = account(node, "/api/login", user, "hunter2hunter2").await;
     assert_eq!(s, 200, "{body}");
     body["token"].as_str().unwrap().to_owned()
 }
@@ -47,56 +46,20 @@ async fn register_and_login(node: &Node, user: &str) -> String {
 #[tokio::test]
 async fn register_and_login_rules() {
     let node = token_node(&["--login-rate", "100"]);
-    let (s, b) = post(
-        &node,
-        "/api/register",
-        json!({"username":"alice","password":"correct horse"}),
-        &[],
-    )
-    .await;
+    let (s, b) = account(&node, "/api/register", "alice", "correct horse").await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = post(
-        &node,
-        "/api/register",
-        json!({"username":"alice","password":"another one"}),
-        &[],
-    )
-    .await;
+    let (s, b) = account(&node, "/api/register", "alice", "another one").await;
     assert_eq!((s, b["error"].as_str()), (409, Some("name_taken")));
-    let (s, b) = post(
-        &node,
-        "/api/register",
-        json!({"username":"-bad","password":"correct horse"}),
-        &[],
-    )
-    .await;
+    let (s, b) = account(&node, "/api/register", "-bad", "correct horse").await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid")));
-    let (s, _) = post(
-        &node,
-        "/api/register",
-        json!({"username":"bob","password":"short"}),
-        &[],
-    )
-    .await;
+    let (s, _) = account(&node, "/api/register", "bob", "short").await;
     assert_eq!(s, 400);
-    let (s, _) = post(
-        &node,
-        "/api/register",
-        json!({"username":"bob","password":"x".repeat(129)}),
-        &[],
-    )
-    .await;
+    let (s, _) = account(&node, "/api/register", "bob", &"x".repeat(129)).await;
     assert_eq!(s, 400);
     let (s, _) = post(&node, "/api/register", json!("nonsense"), &[]).await;
     assert_eq!(s, 400);
 
-    let (s, b) = post(
-        &node,
-        "/api/login",
-        json!({"username":"alice","password":"correct horse"}),
-        &[],
-    )
-    .await;
+    let (s, b) = account(&node, "/api/login", "alice", "correct horse").await;
     assert_eq!(s, 200);
     assert!(
         b["token"].as_str().unwrap().split('.').count() == 3,
@@ -108,21 +71,9 @@ async fn register_and_login_rules() {
         exp > now + 86_000_000 && exp < now + 87_000_000,
         "24 h by default, in ms"
     );
-    let (s, wrong_pw) = post(
-        &node,
-        "/api/login",
-        json!({"username":"alice","password":"wrong horse"}),
-        &[],
-    )
-    .await;
+    let (s, wrong_pw) = account(&node, "/api/login", "alice", "wrong horse").await;
     assert_eq!(s, 401);
-    let (s, unknown) = post(
-        &node,
-        "/api/login",
-        json!({"username":"nobody","password":"correct horse"}),
-        &[],
-    )
-    .await;
+    let (s, unknown) = account(&node, "/api/login", "nobody", "correct horse").await;
     assert_eq!(s, 401);
     assert_eq!(wrong_pw, unknown, "no hint which part was wrong");
 }
@@ -235,26 +186,14 @@ async fn secret_rotation_keeps_old_tokens_valid() {
         "--secret",
         &format!("brand-new-secret-0123456789abcdef,{SECRET}"),
     ]);
-    let (s, _) = post(
-        &node,
-        "/api/register",
-        json!({"username":"alice","password":"hunter2hunter2"}),
-        &[],
-    )
-    .await;
+    let (s, _) = account(&node, "/api/register", "alice", "hunter2hunter2").await;
     assert_eq!(s, 201);
     let c = Connect::new(format!("{}?token={token}", node.url()))
         .open()
         .await
         .unwrap();
     assert_eq!(c.user, "alice");
-    let (_, b) = post(
-        &node,
-        "/api/login",
-        json!({"username":"alice","password":"hunter2hunter2"}),
-        &[],
-    )
-    .await;
+    let (_, b) = account(&node, "/api/login", "alice", "hunter2hunter2").await;
     let new_token = b["token"].as_str().unwrap();
     let old_keys = relay::auth::TokenKeys::new(&[SECRET.into()], 60).unwrap();
     assert!(
@@ -267,13 +206,7 @@ async fn secret_rotation_keeps_old_tokens_valid() {
 async fn login_attempts_are_rate_limited_per_ip() {
     let node = token_node(&["--login-rate", "3"]);
     for _ in 0..3 {
-        let (s, _) = post(
-            &node,
-            "/api/login",
-            json!({"username":"x","password":"whatever1"}),
-            &[],
-        )
-        .await;
+        let (s, _) = account(&node, "/api/login", "x", "whatever1").await;
         assert_eq!(s, 401);
     }
     let (status, raw) = http(
