@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use relay::backplane::memory::MemoryHub;
 use relay::backplane::redis::{RedisBackplane, RedisOptions};
 use relay::backplane::{
-    Backplane, BackplaneError, Claim, DirectOutcome, Event, EventStream, Origin, PublishRequest,
-    Topic,
+    Backplane, BackplaneError, Broker, Claim, DirectOutcome, Event, EventStream, Origin,
+    PublishRequest, Topic,
 };
 use relay::protocol::LeaveReason;
 use testkit::redis::RedisServer;

@@ -21,8 +21,9 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_ms, page, random_token, Backplane, Claim, DirectMessage, DirectOutcome, Event, EventStream,
-    Origin, PublishRequest, Published, Result, RoomSnapshot, Topic,
+    now_ms, page, random_token, Accounts, Broker, Claim, DirectMessage, DirectOutcome, Event,
+    EventStream, Liveness, Names, Origin, Presence, PublishRequest, Published, Result,
+    RoomSnapshot, Topic,
 };
 use crate::protocol::{ChatMessage, LeaveReason, HISTORY_LEN};
 
@@ -156,11 +157,7 @@ impl MemoryBackplane {
 }
 
 #[async_trait]
-impl Backplane for MemoryBackplane {
-    fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
+impl Broker for MemoryBackplane {
     fn take_events(&self) -> Option<EventStream> {
         self.events_rx.lock().ok()?.take()
     }
@@ -258,6 +255,69 @@ impl Backplane for MemoryBackplane {
         })
     }
 
+    async fn history(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ChatMessage>> {
+        Ok(match self.hub.rooms.get_mut(room) {
+            Some(mut room) => page(room.history.make_contiguous(), before, limit),
+            None => Vec::new(),
+        })
+    }
+
+    async fn typing(&self, room: &str, user: &str, active: bool, origin: Origin) -> Result<()> {
+        let gate = self.hub.gate(room);
+        let _gate = gate.lock().await;
+        emit(
+            self.hub.targets(&Topic::Room(room.to_owned())),
+            Event::Typing {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                active,
+                origin: Some(origin),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn direct(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+        origin: Origin,
+    ) -> Result<DirectOutcome> {
+        let to_topic = Topic::User(to.to_owned());
+        if !self.hub.subscribers.contains_key(&to_topic) {
+            return Ok(DirectOutcome::Offline);
+        }
+        let _gate = self.hub.direct_gate.lock().await;
+        let id = self.hub.direct_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let ts = now_ms();
+        emit(
+            self.hub
+                .targets_of_nodes(&[to_topic, Topic::User(from.to_owned())]),
+            Event::Direct {
+                message: DirectMessage {
+                    from: from.to_owned(),
+                    to: to.to_owned(),
+                    text: text.to_owned(),
+                    ts,
+                    id,
+                },
+                origin: Some(origin),
+            },
+        )
+        .await;
+        Ok(DirectOutcome::Delivered { id, ts })
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryBackplane {
     async fn join(
         &self,
         room_name: &str,
@@ -334,18 +394,6 @@ impl Backplane for MemoryBackplane {
         Ok(())
     }
 
-    async fn history(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>> {
-        Ok(match self.hub.rooms.get_mut(room) {
-            Some(mut room) => page(room.history.make_contiguous(), before, limit),
-            None => Vec::new(),
-        })
-    }
-
     async fn presence(&self, room: &str) -> Result<Vec<String>> {
         Ok(self
             .hub
@@ -354,23 +402,10 @@ impl Backplane for MemoryBackplane {
             .map(|r| r.presence.keys().cloned().collect())
             .unwrap_or_default())
     }
+}
 
-    async fn typing(&self, room: &str, user: &str, active: bool, origin: Origin) -> Result<()> {
-        let gate = self.hub.gate(room);
-        let _gate = gate.lock().await;
-        emit(
-            self.hub.targets(&Topic::Room(room.to_owned())),
-            Event::Typing {
-                room: room.to_owned(),
-                user: user.to_owned(),
-                active,
-                origin: Some(origin),
-            },
-        )
-        .await;
-        Ok(())
-    }
-
+#[async_trait]
+impl Names for MemoryBackplane {
     async fn claim_name(&self, name: &str, resume: Option<&str>) -> Result<Claim> {
         let mut names = self
             .hub
@@ -413,39 +448,10 @@ impl Backplane for MemoryBackplane {
         }
         Ok(())
     }
+}
 
-    async fn direct(
-        &self,
-        from: &str,
-        to: &str,
-        text: &str,
-        origin: Origin,
-    ) -> Result<DirectOutcome> {
-        let to_topic = Topic::User(to.to_owned());
-        if !self.hub.subscribers.contains_key(&to_topic) {
-            return Ok(DirectOutcome::Offline);
-        }
-        let _gate = self.hub.direct_gate.lock().await;
-        let id = self.hub.direct_seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let ts = now_ms();
-        emit(
-            self.hub
-                .targets_of_nodes(&[to_topic, Topic::User(from.to_owned())]),
-            Event::Direct {
-                message: DirectMessage {
-                    from: from.to_owned(),
-                    to: to.to_owned(),
-                    text: text.to_owned(),
-                    ts,
-                    id,
-                },
-                origin: Some(origin),
-            },
-        )
-        .await;
-        Ok(DirectOutcome::Delivered { id, ts })
-    }
-
+#[async_trait]
+impl Accounts for MemoryBackplane {
     async fn create_account(&self, name: &str, password_hash: &str) -> Result<bool> {
         use dashmap::mapref::entry::Entry;
         Ok(match self.hub.accounts.entry(name.to_owned()) {
@@ -459,6 +465,13 @@ impl Backplane for MemoryBackplane {
 
     async fn account_hash(&self, name: &str) -> Result<Option<String>> {
         Ok(self.hub.accounts.get(name).map(|h| h.clone()))
+    }
+}
+
+#[async_trait]
+impl Liveness for MemoryBackplane {
+    fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     async fn ready(&self) -> bool {

@@ -1,18 +1,40 @@
-//! The backplane: everything nodes must share. A trait with two
-//! implementations: [`memory`] (one process; the embedded default) and
-//! [`redis`] (any number of nodes). Events coming back from the backplane (room
-//! messages, presence changes, typing, direct messages) arrive on one stream
-//! that the node consumes, so the node and session code cannot tell which
-//! backplane runs. Nothing here knows about WebSockets.
+//! The backplane: everything nodes must share, as one trait per concern,
+//! each in its own file with the types of its contract:
+//!
+//! - [`Broker`] (`broker.rs`): publish + history + subscribe, atomic and
+//!   ordered per room; typing and direct messages on the same pub/sub;
+//! - [`Presence`] (`presence.rs`): who is in a room, and the join snapshot
+//!   (epoch, last id, history, presence) read atomically with the entry;
+//! - [`Names`] (`names.rs`): guest name claims;
+//! - [`Accounts`] (`accounts.rs`): registered accounts;
+//! - [`Liveness`] (`liveness.rs`): this node's id, readiness, the live
+//!   nodes, and leaving the cluster.
+//!
+//! [`Backplane`] is all five at once, with two implementations: [`memory`]
+//! (one process; the embedded default) and [`redis`] (any number of nodes).
+//! Only `node/` calls it. Events coming back from the backplane (room
+//! messages, presence changes, typing, direct messages) arrive on one
+//! bounded stream that the node consumes, so the node and session code
+//! cannot tell which backplane runs. Nothing here knows about WebSockets.
 
+mod accounts;
+mod broker;
+mod liveness;
 pub mod memory;
+mod names;
+mod presence;
 pub mod redis;
+
+pub use accounts::Accounts;
+pub use broker::{Broker, DirectOutcome, PublishRequest, Published};
+pub use liveness::Liveness;
+pub use names::{Claim, Names};
+pub use presence::{Presence, RoomSnapshot};
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::protocol::{ChatMessage, LeaveReason};
 
@@ -129,157 +151,13 @@ pub enum BackplaneError {
 /// Result alias of backplane calls.
 pub type Result<T, E = BackplaneError> = std::result::Result<T, E>;
 
-/// A request to store and publish one room message.
-#[derive(Debug, Clone)]
-pub struct PublishRequest {
-    /// Room.
-    pub room: String,
-    /// Sender's user name.
-    pub from: String,
-    /// Validated text.
-    pub text: String,
-    /// Idempotency key (scoped to the sender).
-    pub client_id: Option<String>,
-    /// The sending connection, if any (none for the HTTP publish API).
-    pub origin: Option<Origin>,
-    /// W3C `traceparent` of the publishing span (OpenTelemetry on), carried
-    /// to every receiving node with the event; never stored in history.
-    pub traceparent: Option<String>,
-}
+/// Everything nodes share: the five concerns at once. Presence and
+/// name-claim calls are made per node, not per connection: the node counts
+/// its own connections and calls in only for a user's first (or last) local
+/// connection. Any type with the five is a `Backplane`.
+pub trait Backplane: Broker + Presence + Names + Accounts + Liveness {}
 
-/// Outcome of a publish: the stored message's id and time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Published {
-    /// Per-room id.
-    pub id: u64,
-    /// Server time.
-    pub ts: u64,
-    /// True when `client_id` was seen before: nothing new was stored.
-    pub duplicate: bool,
-}
-
-/// A room's state as seen by a joining connection.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RoomSnapshot {
-    /// Current epoch.
-    pub epoch: String,
-    /// Highest id assigned so far in this epoch (0 for none).
-    pub last_id: u64,
-    /// The kept history (at most 50), oldest first.
-    pub messages: Vec<ChatMessage>,
-    /// User names present, sorted.
-    pub presence: Vec<String>,
-}
-
-/// Outcome of a guest name claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Claim {
-    /// This node now holds the name; the token lets others share it.
-    Granted {
-        /// The claim's resume token.
-        token: String,
-    },
-    /// Someone else holds the name and the resume token did not match.
-    Taken,
-}
-
-/// Outcome of a direct message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectOutcome {
-    /// Routed to the recipient's nodes.
-    Delivered {
-        /// Message id.
-        id: u64,
-        /// Server time.
-        ts: u64,
-    },
-    /// The recipient has no connection anywhere.
-    Offline,
-}
-
-/// Everything nodes share. Presence and name-claim calls are made per node,
-/// not per connection: the node counts its own connections and calls in only
-/// for a user's first (or last) local connection.
-#[async_trait]
-pub trait Backplane: Send + Sync + 'static {
-    /// This node's id.
-    fn node_id(&self) -> &str;
-
-    /// Takes the event stream. Returns `None` after the first call.
-    fn take_events(&self) -> Option<EventStream>;
-
-    /// Subscribes this node to a topic. The request is queued synchronously,
-    /// in call order with [`Backplane::unsubscribe`], so a quick
-    /// unsubscribe/subscribe pair cannot be reordered. The receiver resolves
-    /// when events of the topic flow.
-    fn subscribe(&self, topic: Topic) -> oneshot::Receiver<Result<()>>;
-
-    /// Unsubscribes this node from a topic (queued in call order).
-    fn unsubscribe(&self, topic: Topic);
-
-    /// Atomically stores a message in the room's history (capped at 50) and
-    /// publishes it. Returns only after both happened.
-    async fn publish(&self, request: PublishRequest) -> Result<Published>;
-
-    /// Fixes the room's epoch if new, optionally adds `user` on this node to
-    /// the room's presence (emitting `UserJoined` when it is the user's first
-    /// entry cluster-wide), and returns the room's snapshot.
-    async fn join(
-        &self,
-        room: &str,
-        user: &str,
-        add_presence: bool,
-        origin: Option<Origin>,
-    ) -> Result<RoomSnapshot>;
-
-    /// Removes `user` on this node from the room's presence, emitting
-    /// `UserLeft` when it was the user's last entry cluster-wide.
-    async fn leave(&self, room: &str, user: &str, reason: LeaveReason) -> Result<()>;
-
-    /// The newest `limit` messages with id < `before` (or the newest), oldest first.
-    async fn history(
-        &self,
-        room: &str,
-        before: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<ChatMessage>>;
-
-    /// User names present in the room, sorted.
-    async fn presence(&self, room: &str) -> Result<Vec<String>>;
-
-    /// Publishes an ephemeral typing indicator (never stored).
-    async fn typing(&self, room: &str, user: &str, active: bool, origin: Origin) -> Result<()>;
-
-    /// Claims a guest name for this node (first local connection of the name).
-    async fn claim_name(&self, name: &str, resume: Option<&str>) -> Result<Claim>;
-
-    /// Releases this node's hold on a guest name (last local connection gone).
-    async fn release_name(&self, name: &str) -> Result<()>;
-
-    /// Routes a direct message to every node of `to` and of `from`.
-    async fn direct(
-        &self,
-        from: &str,
-        to: &str,
-        text: &str,
-        origin: Origin,
-    ) -> Result<DirectOutcome>;
-
-    /// Creates an account; false when the name exists.
-    async fn create_account(&self, name: &str, password_hash: &str) -> Result<bool>;
-
-    /// The stored password hash of an account.
-    async fn account_hash(&self, name: &str) -> Result<Option<String>>;
-
-    /// Whether the backplane is reachable (readiness).
-    async fn ready(&self) -> bool;
-
-    /// Ids of the live nodes of the cluster.
-    async fn nodes(&self) -> Result<Vec<String>>;
-
-    /// Deregisters this node (clean shutdown, after its sessions closed).
-    async fn shutdown(&self);
-}
+impl<T: Broker + Presence + Names + Accounts + Liveness + ?Sized> Backplane for T {}
 
 /// A shared handle on a backplane.
 pub type SharedBackplane = Arc<dyn Backplane>;

@@ -2,7 +2,9 @@
 //! `NOSCRIPT` by [`redis::Script`]). Each lives in `scripts/NAME.lua`, with
 //! `scripts/prelude.lua` (time, epoch and presence helpers) prepended, and
 //! touches the keys of one hash tag only. The contract of each script is the
-//! comment at the top of its file.
+//! comment at the top of its file. The same text runs on one Redis and on a
+//! Redis Cluster: every script's first argument is the publish command
+//! (`PUBLISH` or `SPUBLISH`, see `scripts/prelude.lua` and `Shared::invoke`).
 
 use redis::Script;
 
@@ -14,25 +16,6 @@ macro_rules! source {
             include_str!(concat!("scripts/", $file))
         )
     };
-}
-
-/// The script as run: verbatim on one Redis; on Redis Cluster every
-/// `PUBLISH` becomes `SPUBLISH` and `PUBSUB NUMSUB` becomes
-/// `PUBSUB SHARDNUMSUB` (sharded pub/sub: the channel hashes to the slot of
-/// the script's keys, so both stay on the shard that runs the script).
-fn script(source: &str, cluster: bool) -> Script {
-    if cluster {
-        Script::new(&sharded(source))
-    } else {
-        Script::new(source)
-    }
-}
-
-/// A script's source rewritten for sharded pub/sub.
-pub(super) fn sharded(source: &str) -> String {
-    source
-        .replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
-        .replace("'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'")
 }
 
 /// All scripts of the backplane.
@@ -60,19 +43,19 @@ pub(super) struct Scripts {
 }
 
 impl Scripts {
-    /// The scripts for one Redis (`cluster` false) or Redis Cluster.
-    pub(super) fn new(cluster: bool) -> Self {
+    /// Every script, compiled in.
+    pub(super) fn new() -> Self {
         Scripts {
-            publish: script(source!("publish.lua"), cluster),
-            join: script(source!("join.lua"), cluster),
-            leave: script(source!("leave.lua"), cluster),
-            sync_room: script(source!("sync_room.lua"), cluster),
-            heartbeat: script(source!("heartbeat.lua"), cluster),
-            lease: script(source!("lease.lua"), cluster),
-            claim_name: script(source!("claim_name.lua"), cluster),
-            release_name: script(source!("release_name.lua"), cluster),
-            direct: script(source!("direct.lua"), cluster),
-            nodes: script(source!("nodes.lua"), cluster),
+            publish: Script::new(source!("publish.lua")),
+            join: Script::new(source!("join.lua")),
+            leave: Script::new(source!("leave.lua")),
+            sync_room: Script::new(source!("sync_room.lua")),
+            heartbeat: Script::new(source!("heartbeat.lua")),
+            lease: Script::new(source!("lease.lua")),
+            claim_name: Script::new(source!("claim_name.lua")),
+            release_name: Script::new(source!("release_name.lua")),
+            direct: Script::new(source!("direct.lua")),
+            nodes: Script::new(source!("nodes.lua")),
         }
     }
 
@@ -95,30 +78,28 @@ impl Scripts {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
+    /// No script body names a pub/sub command itself: it publishes with the
+    /// command it is given (`PUBLISH` / `NUMSUB` of the prelude).
     #[test]
-    fn cluster_scripts_use_sharded_pubsub_only() {
-        for source in [
-            source!("publish.lua"),
-            source!("join.lua"),
-            source!("leave.lua"),
-            source!("sync_room.lua"),
-            source!("direct.lua"),
+    fn scripts_publish_only_with_the_command_they_are_given() {
+        for body in [
+            include_str!("scripts/publish.lua"),
+            include_str!("scripts/join.lua"),
+            include_str!("scripts/leave.lua"),
+            include_str!("scripts/sync_room.lua"),
+            include_str!("scripts/direct.lua"),
+            include_str!("scripts/heartbeat.lua"),
+            include_str!("scripts/lease.lua"),
+            include_str!("scripts/claim_name.lua"),
+            include_str!("scripts/release_name.lua"),
+            include_str!("scripts/nodes.lua"),
         ] {
-            let sharded = sharded(source);
-            assert!(!sharded.contains("'PUBLISH'"), "{sharded}");
-            assert!(!sharded.contains("'NUMSUB'"), "{sharded}");
+            for literal in ["'PUBLISH'", "'SPUBLISH'", "'NUMSUB'", "'SHARDNUMSUB'"] {
+                assert!(!body.contains(literal), "{literal} in {body}");
+            }
         }
-        assert!(sharded(source!("publish.lua")).contains("redis.call('SPUBLISH',"));
-        assert!(sharded(source!("direct.lua")).contains("'SHARDNUMSUB'"));
-        let (single, cluster) = (Scripts::new(false), Scripts::new(true));
-        assert_ne!(single.publish.get_hash(), cluster.publish.get_hash());
-        // Nothing but the publish commands changes.
-        let source = source!("heartbeat.lua");
-        let back = sharded(source)
-            .replace("'SPUBLISH'", "'PUBLISH'")
-            .replace("'SHARDNUMSUB'", "'NUMSUB'");
-        assert_eq!(back, source);
+        assert!(include_str!("scripts/publish.lua").contains("redis.call(PUBLISH,"));
+        assert!(include_str!("scripts/direct.lua").contains("'PUBSUB', NUMSUB,"));
+        assert!(include_str!("scripts/prelude.lua").contains("redis.call(PUBLISH,"));
     }
 }

@@ -8,7 +8,7 @@
 -- {0, 0, 0} is returned. Otherwise the message gets the next id and is
 -- published to the recipient's channel, then to the sender's (a node on both
 -- receives two copies and drops the second). Returns {1, id, ts, packed}.
-local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[4])
+local subs = redis.call('PUBSUB', NUMSUB, ARGV[4])
 if tonumber(subs[2]) == 0 then
   return { 0, 0, 0, '' }
 end
@@ -18,8 +18,8 @@ local env = { t = 'dm', from = ARGV[1], to = ARGV[2], text = ARGV[3], ts = ts, i
 local o = origin(ARGV[6], ARGV[7])
 if o then env.node = o.node; env.session = o.session end
 local packed = cmsgpack.pack(env)
-redis.call('PUBLISH', ARGV[4], packed)
+redis.call(PUBLISH, ARGV[4], packed)
 if ARGV[5] ~= '' and ARGV[5] ~= ARGV[4] then
-  redis.call('PUBLISH', ARGV[5], packed)
+  redis.call(PUBLISH, ARGV[5], packed)
 end
 return { 1, id, ts, packed }

@@ -1,4 +1,23 @@
--- Shared helpers, prepended to every script that needs them.
+-- Shared helpers, prepended to every script.
+
+-- Every script's first argument is the deployment's publish command:
+-- 'PUBLISH' on one Redis, 'SPUBLISH' (sharded pub/sub) on a Redis Cluster,
+-- where each channel hashes to the slot of the script's keys, so both stay
+-- on the shard that runs the script. The script's own arguments follow:
+-- the `ARGV` of every script body holds those alone, from 1.
+local PUBLISH = ARGV[1]
+if PUBLISH ~= 'PUBLISH' and PUBLISH ~= 'SPUBLISH' then
+  return redis.error_reply('ERR the first argument must be PUBLISH or SPUBLISH')
+end
+-- Subscriber count of a channel, of the same kind of pub/sub.
+local NUMSUB = (PUBLISH == 'SPUBLISH') and 'SHARDNUMSUB' or 'NUMSUB'
+local ARGV = (function(all)
+  local own = {}
+  for i = 2, #all do
+    own[i - 1] = all[i]
+  end
+  return own
+end)(ARGV)
 
 -- Redis server time in Unix milliseconds (one clock for the whole cluster).
 local function now_ms()
@@ -51,7 +70,7 @@ local function publish_presence(channel, kind, room, user, ts, extra)
   if extra then
     for k, v in pairs(extra) do env[k] = v end
   end
-  redis.call('PUBLISH', channel, cmsgpack.pack(env))
+  redis.call(PUBLISH, channel, cmsgpack.pack(env))
 end
 
 -- An origin (node, session) as envelope fields, or nil.

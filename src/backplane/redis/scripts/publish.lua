@@ -31,5 +31,5 @@ local env = { t = 'msg', room = ARGV[1], id = id, from = ARGV[2], text = ARGV[3]
 local o = origin(ARGV[8], ARGV[9])
 if o then env.node = o.node; env.session = o.session end
 if ARGV[10] and ARGV[10] ~= '' then env.tp = ARGV[10] end
-redis.call('PUBLISH', ARGV[5], cmsgpack.pack(env))
+redis.call(PUBLISH, ARGV[5], cmsgpack.pack(env))
 return { 0, id, ts }
