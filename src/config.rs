@@ -9,6 +9,11 @@
 //! they go through the same parsers and checks as flags. Secrets can also
 //! come from files: `RELAY_SECRET_FILE`, `RELAY_API_KEY_FILE`,
 //! `RELAY_REDIS_FILE` (and `secret-file` ... keys in the TOML file).
+//!
+//! Why one long file: it is the declaration of the whole command line (every
+//! flag's doc, variable, default and parser in one struct) plus the checks
+//! that relate flags to each other; split, a reader would have to join the
+//! pieces to answer "what does this flag do and what may it be".
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -8,6 +8,10 @@
 //! State that survives reconnects lives in [`Chat`]; the connection itself
 //! is passed in, so the same code runs online and offline (while waiting to
 //! reconnect, lines are queued and room changes remembered).
+//!
+//! Why one long file: it is one state machine (connect, rejoin, pacing,
+//! confirmation, the end condition) whose states share `Chat`; its unit
+//! tests, about a fifth of the file, drive it frame by frame.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;

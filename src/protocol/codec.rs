@@ -3,6 +3,10 @@
 //! so that a malformed frame (`bad_frame`) is told apart from a well-formed
 //! frame with a bad field (`invalid`), and so both encodings share one
 //! validation path.
+//!
+//! Over 600 lines only with its tests: the code is about 300 lines; the
+//! tests, one per decoding rule and error code of both encodings, are the
+//! other half.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
