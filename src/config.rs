@@ -30,6 +30,9 @@ pub enum AuthMode {
     Guest,
     /// A login token from `POST /api/login` (needs `--secret`).
     Token,
+    /// A JWT signed by the application's own backend (PROTOCOL §8): needs
+    /// `--jwt-key`, `--jwt-secret` or `--jwks-url`; no relay account.
+    Jwt,
 }
 
 /// Log output format.
@@ -96,6 +99,49 @@ pub struct Config {
         hide_env_values = true
     )]
     pub secret: Option<Vec<String>>,
+
+    /// `--auth jwt`: PEM file of the application's public key(s) (RSA, EC
+    /// P-256/P-384, Ed25519; several PEM blocks in one file are all
+    /// accepted).
+    #[arg(long, env = "RELAY_JWT_KEY")]
+    pub jwt_key: Option<PathBuf>,
+
+    /// `--auth jwt`: HS256 secret(s) of the application's tokens,
+    /// comma-separated for rotation (every entry verifies), each at least
+    /// 32 bytes. Also signs `relay token issue`.
+    #[arg(
+        long,
+        env = "RELAY_JWT_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<Vec<String>>,
+
+    /// `--auth jwt`: URL of the application's JWKS document (RSA, EC and
+    /// OKP keys by `kid`): fetched at start, cached, re-fetched when a token
+    /// names an unknown `kid` (at most once every 10 s) and every 5 minutes;
+    /// while it is unreachable the cached keys stay.
+    #[arg(long, env = "RELAY_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
+    /// `--auth jwt`: the required `iss` claim (absent: not checked).
+    #[arg(long, env = "RELAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// `--auth jwt`: the required `aud` claim (absent: not checked).
+    #[arg(long, env = "RELAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// `--auth jwt`: clock skew allowed on `exp`, `nbf` and `iat`, in
+    /// seconds.
+    #[arg(long, env = "RELAY_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// How long `POST /api/revoke` keeps refusing a user's earlier tokens, in
+    /// seconds: at least as long as such tokens can be valid
+    /// [default: --token-ttl-secs in token mode, 30 days with --auth jwt].
+    #[arg(long, env = "RELAY_REVOCATION_TTL_SECS")]
+    pub revocation_ttl_secs: Option<u64>,
 
     /// Lifetime of login tokens, in seconds; a socket closes with 4001 when
     /// its token expires.
@@ -311,6 +357,7 @@ impl ConfigError {
 /// are redacted by `relay config check`.
 pub const SECRETS: &[(&str, &str)] = &[
     ("secret", "RELAY_SECRET"),
+    ("jwt-secret", "RELAY_JWT_SECRET"),
     ("api-key", "RELAY_API_KEY"),
     ("redis", "RELAY_REDIS"),
 ];
@@ -669,6 +716,16 @@ fn check_readable(flag: &str, path: &Path) -> Result<(), ConfigError> {
 }
 
 impl Config {
+    /// How long a user's revocation is kept (`--revocation-ttl-secs`, or its
+    /// default for the auth mode).
+    pub fn revocation_ttl(&self) -> Duration {
+        let secs = self.revocation_ttl_secs.unwrap_or(match self.auth {
+            AuthMode::Jwt => 30 * 86_400,
+            _ => self.token_ttl_secs,
+        });
+        Duration::from_secs(secs.max(1))
+    }
+
     /// Checks the settings against each other and against the machine
     /// (files readable), without connecting to anything. The first problem
     /// found is returned.
@@ -716,6 +773,37 @@ impl Config {
                 let problem = m.strip_prefix("--secret ").unwrap_or(&m).to_owned();
                 ConfigError::new("--secret", problem)
             })?;
+        }
+        if let Some(secrets) = &self.jwt_secret {
+            crate::auth::check_secrets("--jwt-secret", secrets).map_err(|m| {
+                let problem = m.strip_prefix("--jwt-secret ").unwrap_or(&m).to_owned();
+                ConfigError::new("--jwt-secret", problem)
+            })?;
+        }
+        if let Some(path) = &self.jwt_key {
+            check_readable("--jwt-key", path)?;
+            crate::auth::jwt::load_pem_keys(path).map_err(|m| ConfigError::new("--jwt-key", m))?;
+        }
+        if let Some(url) = &self.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::new(
+                    "--jwks-url",
+                    format!("`{url}` must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        if self.auth == AuthMode::Jwt
+            && self.jwt_key.is_none()
+            && self.jwt_secret.is_none()
+            && self.jwks_url.is_none()
+        {
+            return Err(ConfigError::new(
+                "--auth",
+                "jwt needs --jwt-key, --jwt-secret or --jwks-url",
+            ));
+        }
+        if self.revocation_ttl_secs == Some(0) {
+            return Err(ConfigError::new("--revocation-ttl-secs", "must be above 0"));
         }
         if let Some(keys) = &self.api_key {
             if keys.iter().any(|k| k.trim().is_empty()) {

@@ -22,3 +22,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod token_cli;

@@ -27,6 +27,17 @@ enum Cmd {
     Config(ConfigCmd),
     /// Terminal chat client: join a room, send stdin lines, print events on stdout.
     Chat(relay::client::ChatArgs),
+    /// Sign a token, or check whether a node would accept one.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Sign an HS256 token with --jwt-secret (or --secret) and print it.
+    Issue(relay::token_cli::IssueArgs),
+    /// Say whether a node with these flags would accept TOKEN, and why not.
+    Check(Box<relay::token_cli::CheckArgs>),
 }
 
 #[derive(Subcommand)]
@@ -123,6 +134,16 @@ fn settings_matches(matches: &ArgMatches) -> Option<(&'static str, &ArgMatches, 
             )),
             _ => None,
         },
+        Some(("token", m)) => match m.subcommand() {
+            Some(("check", c)) => Some((
+                "check",
+                c,
+                root.find_subcommand("token")?
+                    .find_subcommand("check")?
+                    .clone(),
+            )),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -154,6 +175,8 @@ fn main() {
             );
             eprintln!("configuration ok");
         }
+        Cmd::Token(TokenCmd::Issue(args)) => std::process::exit(relay::token_cli::issue(args)),
+        Cmd::Token(TokenCmd::Check(args)) => std::process::exit(relay::token_cli::check(*args)),
         Cmd::Chat(args) => {
             // stdout is the chat transcript: logs go to stderr, warnings only.
             relay::telemetry::init(LogFormat::Text, "warn");

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::jwks::Jwks;
+use crate::auth::{jwt, Verifier};
 use crate::backplane::memory::MemoryBackplane;
 use crate::backplane::redis::{RedisBackplane, RedisOptions};
 use crate::backplane::SharedBackplane;
@@ -109,6 +111,53 @@ async fn connect_backplane(
     }
 }
 
+/// How the node verifies tokens (`None`: guest mode). With `--jwks-url` the
+/// document is fetched once here (bounded; a failure is logged and the node
+/// starts with an empty cache) and refreshed until `stop`.
+pub async fn verifier(
+    config: &Config,
+    stop: &CancellationToken,
+) -> Result<Option<Arc<Verifier>>, ServeError> {
+    Ok(match config.auth {
+        AuthMode::Guest => None,
+        AuthMode::Token => {
+            let secrets = config.secret.clone().unwrap_or_default();
+            let keys = crate::auth::TokenKeys::new(&secrets, config.token_ttl_secs)
+                .ok_or_else(|| ServeError::Config("--auth token needs --secret".into()))?;
+            Some(Arc::new(Verifier::Token(keys)))
+        }
+        AuthMode::Jwt => {
+            let pem = match &config.jwt_key {
+                Some(path) => jwt::load_pem_keys(path).map_err(ServeError::Config)?,
+                None => Vec::new(),
+            };
+            let jwks = match &config.jwks_url {
+                Some(url) => {
+                    let jwks = Jwks::new(url).map_err(ServeError::Config)?;
+                    match jwks.fetch().await {
+                        Ok(n) => tracing::info!(url, keys = n, "JWKS loaded"),
+                        Err(e) => {
+                            tracing::warn!(url, error = %e, "JWKS not loaded at start; retried on the first unknown kid")
+                        }
+                    }
+                    tokio::spawn(jwks.clone().refresh_until(stop.clone()));
+                    Some(jwks)
+                }
+                None => None,
+            };
+            let settings = jwt::JwtSettings {
+                secrets: config.jwt_secret.clone().unwrap_or_default(),
+                issuer: config.jwt_issuer.clone(),
+                audience: config.jwt_audience.clone(),
+                leeway_secs: config.jwt_leeway_secs,
+            };
+            Some(Arc::new(Verifier::Jwt(jwt::JwtKeys::new(
+                settings, pem, jwks,
+            ))))
+        }
+    })
+}
+
 /// Runs a node on `listener` until `shutdown` resolves, then drains: the
 /// node stops accepting sockets, closes the open ones with 1001 spread over
 /// `--drain-secs`, and returns once they are gone.
@@ -146,16 +195,8 @@ pub async fn run_with_admin(
     if let Some(secrets) = &config.secret {
         crate::auth::check_secrets("--secret", secrets).map_err(ServeError::Config)?;
     }
-    let tokens = match config.auth {
-        AuthMode::Guest => None,
-        AuthMode::Token => {
-            let secrets = config.secret.clone().unwrap_or_default();
-            let keys = crate::auth::TokenKeys::new(&secrets, config.token_ttl_secs)
-                .ok_or_else(|| ServeError::Config("--auth token needs --secret".into()))?;
-            Some(Arc::new(keys))
-        }
-    };
     let stop_tasks = CancellationToken::new();
+    let verifier = verifier(&config, &stop_tasks).await?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let reloading = ReloadingCert::load(cert, key)?;
@@ -233,7 +274,7 @@ pub async fn run_with_admin(
         node: node.clone(),
         config: Arc::new(config),
         session,
-        tokens,
+        verifier,
         attempts,
         per_ip: Arc::new(PerIp::default()),
         max_connections,

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     now_ms, page, random_token, Accounts, Broker, Claim, DirectMessage, DirectOutcome, Event,
-    EventStream, Liveness, Names, Origin, Presence, PublishRequest, Published, Result,
-    RoomSnapshot, Topic,
+    EventStream, Liveness, Names, Origin, Presence, PublishRequest, Published, Result, Revocation,
+    Revocations, RoomSnapshot, Topic,
 };
 use crate::protocol::{ChatMessage, LeaveReason, HISTORY_LEN};
 
@@ -68,6 +68,10 @@ struct HubInner {
     accounts: DashMap<String, String>,
     nodes: DashMap<String, ()>,
     direct_seq: AtomicU64,
+    /// user -> (tokens issued at or before this ms are revoked, until).
+    revoked_users: DashMap<String, (u64, Instant)>,
+    /// (user, jti) -> revoked until (Unix ms).
+    revoked_tokens: DashMap<(String, String), u64>,
 }
 
 impl HubInner {
@@ -493,5 +497,63 @@ impl Liveness for MemoryBackplane {
             subs.remove(&self.node_id);
             !subs.is_empty()
         });
+    }
+}
+
+#[async_trait]
+impl Revocations for MemoryBackplane {
+    async fn revoke_user(&self, user: &str, at_ms: u64, ttl: Duration) -> Result<()> {
+        let now = Instant::now();
+        self.hub.revoked_users.retain(|_, (_, until)| *until > now);
+        self.hub
+            .revoked_users
+            .insert(user.to_owned(), (at_ms, now + ttl));
+        emit(
+            self.hub.targets(&Topic::User(user.to_owned())),
+            Event::Revoked {
+                user: user.to_owned(),
+                at_ms: Some(at_ms),
+                jti: None,
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn revoke_token(&self, user: &str, jti: &str, until_ms: u64) -> Result<()> {
+        let now = now_ms();
+        self.hub.revoked_tokens.retain(|_, until| *until > now);
+        self.hub
+            .revoked_tokens
+            .insert((user.to_owned(), jti.to_owned()), until_ms);
+        emit(
+            self.hub.targets(&Topic::User(user.to_owned())),
+            Event::Revoked {
+                user: user.to_owned(),
+                at_ms: None,
+                jti: Some(jti.to_owned()),
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn revocation(&self, user: &str, jti: Option<&str>) -> Result<Revocation> {
+        let user_at_ms = self
+            .hub
+            .revoked_users
+            .get(user)
+            .filter(|e| e.1 > Instant::now())
+            .map(|e| e.0);
+        let token_revoked = jti.is_some_and(|j| {
+            self.hub
+                .revoked_tokens
+                .get(&(user.to_owned(), j.to_owned()))
+                .is_some_and(|until| *until > now_ms())
+        });
+        Ok(Revocation {
+            user_at_ms,
+            token_revoked,
+        })
     }
 }

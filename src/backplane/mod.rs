@@ -8,9 +8,10 @@
 //! - [`Names`] (`names.rs`): guest name claims;
 //! - [`Accounts`] (`accounts.rs`): registered accounts;
 //! - [`Liveness`] (`liveness.rs`): this node's id, readiness, the live
-//!   nodes, and leaving the cluster.
+//!   nodes, and leaving the cluster;
+//! - [`Revocations`] (`revocations.rs`): revoked users and tokens.
 //!
-//! [`Backplane`] is all five at once, with two implementations: [`memory`]
+//! [`Backplane`] is all six at once, with two implementations: [`memory`]
 //! (one process; the embedded default) and [`redis`] (any number of nodes).
 //! Only `node/` calls it. Events coming back from the backplane (room
 //! messages, presence changes, typing, direct messages) arrive on one
@@ -24,12 +25,14 @@ pub mod memory;
 mod names;
 mod presence;
 pub mod redis;
+mod revocations;
 
 pub use accounts::Accounts;
 pub use broker::{Broker, DirectOutcome, PublishRequest, Published};
 pub use liveness::Liveness;
 pub use names::{Claim, Names};
 pub use presence::{Presence, RoomSnapshot};
+pub use revocations::{Revocation, Revocations};
 
 use std::sync::Arc;
 
@@ -120,6 +123,16 @@ pub enum Event {
         /// The typing connection.
         origin: Option<Origin>,
     },
+    /// Some of a user's tokens were revoked: close the connections they
+    /// cover (delivered on the user's topic).
+    Revoked {
+        /// User.
+        user: String,
+        /// Tokens issued at or before this Unix ms.
+        at_ms: Option<u64>,
+        /// One token's id.
+        jti: Option<String>,
+    },
     /// A direct message, delivered to the nodes of both `to` and `from`.
     Direct {
         /// The message.
@@ -151,13 +164,13 @@ pub enum BackplaneError {
 /// Result alias of backplane calls.
 pub type Result<T, E = BackplaneError> = std::result::Result<T, E>;
 
-/// Everything nodes share: the five concerns at once. Presence and
+/// Everything nodes share: the six concerns at once. Presence and
 /// name-claim calls are made per node, not per connection: the node counts
 /// its own connections and calls in only for a user's first (or last) local
-/// connection. Any type with the five is a `Backplane`.
-pub trait Backplane: Broker + Presence + Names + Accounts + Liveness {}
+/// connection. Any type with the six is a `Backplane`.
+pub trait Backplane: Broker + Presence + Names + Accounts + Liveness + Revocations {}
 
-impl<T: Broker + Presence + Names + Accounts + Liveness + ?Sized> Backplane for T {}
+impl<T: Broker + Presence + Names + Accounts + Liveness + Revocations + ?Sized> Backplane for T {}
 
 /// A shared handle on a backplane.
 pub type SharedBackplane = Arc<dyn Backplane>;

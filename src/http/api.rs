@@ -182,7 +182,10 @@ async fn login(
         Ok(c) => c,
         Err(r) => return r,
     };
-    let Some(keys) = app.tokens.clone() else {
+    let Some(keys) = app.verifier.clone() else {
+        return refuse(StatusCode::NOT_FOUND, "invalid", "logins are off");
+    };
+    let Some(keys) = keys.token_keys() else {
         return refuse(StatusCode::NOT_FOUND, "invalid", "logins are off");
     };
     let stored = if is_valid_name(&creds.username) {
@@ -243,7 +246,7 @@ async fn login(
 
 /// Checks `Authorization: Bearer KEY` against `--api-key`.
 #[allow(clippy::result_large_err)]
-fn check_key(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+pub(super) fn check_key(app: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let keys = app.config.api_key.as_deref().unwrap_or_default();
     let presented = headers
         .get(header::AUTHORIZATION)

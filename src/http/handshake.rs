@@ -22,9 +22,10 @@ use tracing::Instrument;
 
 use super::limits::client_ip;
 use super::{refuse, AppState};
-use crate::node::AttachError;
+use crate::node::{AttachError, Credential};
 use crate::protocol::{is_valid_name, Encoding, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK};
 use crate::session::wire::Transport;
+use crate::session::TokenSession;
 
 /// A valid WebSocket upgrade request (RFC 6455 §4.2.1), before it is
 /// answered. The 101 response and the upgraded socket are ours, not a
@@ -201,7 +202,7 @@ fn choose_encoding(headers: &HeaderMap) -> Result<Option<Encoding>, ()> {
 
 /// Where a handshake's token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TokenSource {
+pub(super) enum TokenSource {
     /// `Authorization: Bearer` or `?token=`: not sent by a browser on its own.
     Explicit,
     /// The `relay_token` cookie: a browser attaches it to any page's
@@ -211,7 +212,7 @@ enum TokenSource {
 
 /// The login token of a handshake: `Authorization: Bearer`, `?token=`, or
 /// the `relay_token` cookie, in that order.
-fn presented_token(
+pub(super) fn presented_token(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Option<(String, TokenSource)> {
@@ -387,7 +388,7 @@ async fn check_and_upgrade(
     if let Some(e) = encoding {
         span.record("encoding", e.as_str());
     }
-    let (user, expires) = match &app.tokens {
+    let (user, token) = match &app.verifier {
         None => {
             let Some(user) = query.get("user").filter(|u| is_valid_name(u)).cloned() else {
                 return refused(
@@ -414,7 +415,10 @@ async fn check_and_upgrade(
                     );
                 }
             }
-            let claims = presented.and_then(|(t, _)| keys.verify(&t).ok());
+            let claims = match presented {
+                Some((t, _)) => keys.verify(&t).await.ok(),
+                None => None,
+            };
             let Some(claims) = claims else {
                 return refused(
                     "unauthorized",
@@ -423,9 +427,17 @@ async fn check_and_upgrade(
                     "missing, invalid or expired token",
                 );
             };
-            match app.node.account_hash(&claims.sub).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
+            let account = if keys.needs_account() {
+                app.node
+                    .account_hash(&claims.sub)
+                    .await
+                    .map(|h| h.is_some())
+            } else {
+                Ok(true)
+            };
+            match account {
+                Ok(true) => {}
+                Ok(false) => {
                     return refused(
                         "unauthorized",
                         StatusCode::UNAUTHORIZED,
@@ -442,9 +454,38 @@ async fn check_and_upgrade(
                     )
                 }
             }
+            let credential = Credential {
+                iat_ms: claims.iat_ms,
+                jti: claims.jti.clone(),
+            };
+            match app.node.is_revoked(&claims.sub, &credential).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    return refused(
+                        "unauthorized",
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "this token was revoked",
+                    )
+                }
+                Err(_) => {
+                    return refused(
+                        "unavailable",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "backplane unavailable, retry later",
+                    )
+                }
+            }
             let left_ms = (claims.exp * 1000).saturating_sub(crate::backplane::now_ms());
             let expires = tokio::time::Instant::now() + std::time::Duration::from_millis(left_ms);
-            (claims.sub, Some(expires))
+            (
+                claims.sub,
+                Some(TokenSession {
+                    expires,
+                    credential,
+                }),
+            )
         }
     };
     // Checked only now: a plain GET (what a browser page can send to learn
@@ -514,15 +555,7 @@ async fn check_and_upgrade(
             };
             let run = {
                 let _entered = session_span.enter();
-                crate::session::run(
-                    socket,
-                    node.clone(),
-                    lease,
-                    user,
-                    encoding,
-                    session,
-                    expires,
-                )
+                crate::session::run(socket, node.clone(), lease, user, encoding, session, token)
             };
             node.tasks.spawn(
                 async move {

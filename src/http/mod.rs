@@ -4,6 +4,7 @@
 
 mod api;
 mod handshake;
+mod revoke;
 pub use handshake::{NotUpgrade, WsUpgrade};
 pub mod limits;
 pub mod serve;
@@ -32,8 +33,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Per-session settings.
     pub session: Arc<SessionConfig>,
-    /// Token keys (token auth mode).
-    pub tokens: Option<Arc<crate::auth::TokenKeys>>,
+    /// How tokens are verified (`None`: guest mode).
+    pub verifier: Option<Arc<crate::auth::Verifier>>,
     /// Register/login attempts per IP.
     pub attempts: Arc<limits::AttemptLimiter>,
     /// Open WebSocket connections per IP.
@@ -81,11 +82,15 @@ pub fn failure(e: &NodeError) -> Response {
 /// Builds the public router (with `--admin-listen`, without `/metrics`).
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
-    if state.tokens.is_some() {
+    if state.verifier.as_ref().is_some_and(|v| v.needs_account()) {
         router = router.merge(api::account_routes());
+    }
+    if state.verifier.is_some() {
+        router = router.merge(revoke::logout_routes());
     }
     if state.config.api_key.as_ref().is_some_and(|k| !k.is_empty()) {
         router = router.merge(api::key_routes());
+        router = router.merge(revoke::revoke_routes());
     }
     if state.config.admin_listen.is_none() {
         router = router.route("/metrics", get(metrics));
@@ -142,6 +147,7 @@ async fn client_config(axum::extract::State(app): axum::extract::State<AppState>
     let auth = match app.config.auth {
         crate::config::AuthMode::Guest => "guest",
         crate::config::AuthMode::Token => "token",
+        crate::config::AuthMode::Jwt => "jwt",
     };
     Json(json!({
         "auth": auth,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::rooms::RING_LEN;
 use super::{Node, SessionHandle};
 use crate::backplane::{now_ms, Event, Origin};
-use crate::outbound::SharedFrame;
+use crate::outbound::{DisconnectReason, SharedFrame};
 use crate::protocol::ServerFrame;
 
 impl Node {
@@ -144,6 +144,23 @@ impl Node {
                     }
                 }
                 self.metrics.messages_delivered.inc_by(sent);
+            }
+            Event::Revoked { user, at_ms, jti } => {
+                let Some(entry) = self.users.get(&user).map(|e| e.clone()) else {
+                    return;
+                };
+                let Ok(sessions) = entry.sessions.lock() else {
+                    return;
+                };
+                for s in sessions.values() {
+                    let covered = s
+                        .credential
+                        .get()
+                        .is_some_and(|c| c.revoked_by(at_ms, jti.as_deref()));
+                    if covered {
+                        s.queue.close(DisconnectReason::Revoked);
+                    }
+                }
             }
         }
     }

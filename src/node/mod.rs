@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use rooms::{recover, Joined};
-pub use users::{AttachError, SessionHandle, UserLease};
+pub use users::{AttachError, Credential, SessionHandle, UserLease};
 
 use crate::backplane::{
     BackplaneError, DirectOutcome, Origin, PublishRequest, Published, SharedBackplane,
@@ -353,6 +353,30 @@ impl Node {
     /// The stored password hash of an account.
     pub async fn account_hash(&self, name: &str) -> NodeResult<Option<String>> {
         Ok(self.backplane.account_hash(name).await?)
+    }
+
+    /// Revokes `user`'s tokens issued until now, cluster-wide, for `ttl`:
+    /// every connection they authenticated closes with 4001. Returns the
+    /// revocation moment (Unix ms).
+    pub async fn revoke_user(&self, user: &str, ttl: Duration) -> NodeResult<u64> {
+        let at = crate::backplane::now_ms();
+        self.backplane.revoke_user(user, at, ttl).await?;
+        Ok(at)
+    }
+
+    /// Revokes one token of `user` (by `jti`) until it expires (`until_ms`);
+    /// the connections it authenticated close with 4001.
+    pub async fn revoke_token(&self, user: &str, jti: &str, until_ms: u64) -> NodeResult<()> {
+        Ok(self.backplane.revoke_token(user, jti, until_ms).await?)
+    }
+
+    /// Whether a token of `user` with `credential` was revoked.
+    pub async fn is_revoked(&self, user: &str, credential: &Credential) -> NodeResult<bool> {
+        let r = self
+            .backplane
+            .revocation(user, credential.jti.as_deref())
+            .await?;
+        Ok(r.token_revoked || credential.revoked_by(r.user_at_ms, None))
     }
 
     /// Whether the node can serve: not draining and its backplane reachable.

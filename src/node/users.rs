@@ -13,6 +13,25 @@ use crate::backplane::{BackplaneError, Claim, Topic};
 use crate::outbound::{to_wire, DisconnectReason, OutQueue};
 use crate::protocol::{Encoding, ServerFrame};
 
+/// The token a session authenticated with, as revocation needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credential {
+    /// Issue time, Unix ms (`None`: unknown).
+    pub iat_ms: Option<u64>,
+    /// Token id.
+    pub jti: Option<String>,
+}
+
+impl Credential {
+    /// Whether a revocation (`at_ms`: tokens issued at or before; `jti`:
+    /// one token) covers this session's token.
+    pub fn revoked_by(&self, at_ms: Option<u64>, jti: Option<&str>) -> bool {
+        let by_time = at_ms.is_some_and(|at| self.iat_ms.is_none_or(|iat| iat <= at));
+        let by_id = jti.is_some_and(|j| self.jti.as_deref() == Some(j));
+        by_time || by_id
+    }
+}
+
 /// A local connection as the node sees it.
 pub struct SessionHandle {
     /// Local session number.
@@ -25,6 +44,8 @@ pub struct SessionHandle {
     pub queue: Arc<OutQueue>,
     /// Rooms this connection joined (or is joining); kept by the node.
     pub(super) rooms: Mutex<HashSet<String>>,
+    /// The token of the handshake (token and JWT modes), set once.
+    pub credential: std::sync::OnceLock<Credential>,
 }
 
 impl SessionHandle {
@@ -225,6 +246,7 @@ impl Node {
             user: user.to_owned(),
             encoding,
             rooms: Mutex::new(HashSet::new()),
+            credential: std::sync::OnceLock::new(),
             queue: Arc::new(OutQueue::with_drop_counter(
                 queue_capacity,
                 queue_bytes,

@@ -20,6 +20,8 @@ pub enum DisconnectReason {
     SlowConsumer,
     /// The session's token expired.
     SessionExpired,
+    /// The session's token was revoked (`/api/revoke`, `/api/logout`).
+    Revoked,
     /// No sign of life for 2 × heartbeat.
     HeartbeatTimeout,
     /// Writing to the socket failed.
@@ -41,7 +43,7 @@ impl DisconnectReason {
             DisconnectReason::FrameTooLarge => 1009,
             DisconnectReason::Internal | DisconnectReason::WriteError => 1011,
             DisconnectReason::SlowConsumer => 4000,
-            DisconnectReason::SessionExpired => 4001,
+            DisconnectReason::SessionExpired | DisconnectReason::Revoked => 4001,
         }
     }
 
@@ -56,6 +58,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol_error",
             DisconnectReason::SlowConsumer => "slow_consumer",
             DisconnectReason::SessionExpired => "session_expired",
+            DisconnectReason::Revoked => "revoked",
             DisconnectReason::HeartbeatTimeout => "heartbeat_timeout",
             DisconnectReason::WriteError => "write_error",
             DisconnectReason::Internal => "internal",
@@ -73,6 +76,7 @@ impl DisconnectReason {
             DisconnectReason::ProtocolError => "protocol error",
             DisconnectReason::SlowConsumer => "slow consumer",
             DisconnectReason::SessionExpired => "session expired",
+            DisconnectReason::Revoked => "token revoked",
             DisconnectReason::HeartbeatTimeout => "heartbeat timeout",
             DisconnectReason::WriteError => "write error",
             DisconnectReason::Internal => "internal error",

@@ -63,8 +63,17 @@ pub struct SessionConfig {
 /// How long the writer may take to deliver a close frame.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs a connection to its end. `expires`: when the session's token
-/// expires (closes with 4001). Run it inside the connection's `session` span
+/// The token a session authenticated with (token and JWT modes).
+#[derive(Debug, Clone)]
+pub struct TokenSession {
+    /// When the token expires (the session closes with 4001).
+    pub expires: Instant,
+    /// What a revocation compares (issue time, token id).
+    pub credential: crate::node::Credential,
+}
+
+/// Runs a connection to its end. `token`: the session's token, whose expiry
+/// or revocation closes it with 4001. Run it inside the connection's `session` span
 /// (see [`session_span`]): the session records its number there and logs
 /// its end in it.
 ///
@@ -79,9 +88,13 @@ pub fn run(
     user: String,
     encoding: Encoding,
     config: Arc<SessionConfig>,
-    expires: Option<Instant>,
+    token: Option<TokenSession>,
 ) -> impl std::future::Future<Output = ()> + Send {
     let handle = node.open_session(&user, encoding, config.max_queue, config.max_queue_bytes);
+    let expires = token.map(|t| {
+        let _ = handle.credential.set(t.credential);
+        t.expires
+    });
     tracing::Span::current().record("session", handle.id);
     let metrics = node.metrics.clone();
     let enc_label = crate::metrics::EncodingLabel {

@@ -12,6 +12,7 @@
 //! | `left` | `room`, `user`, `ts`, `reason` (`leave`, `disconnect`, `timeout`) |
 //! | `typing` | `room`, `user`, `active`, origin |
 //! | `dm` | `from`, `to`, `text`, `ts`, `id`, origin |
+//! | `revoked` | `user`, optional `ts` (tokens issued at or before it), optional `jti` (one token) |
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,9 @@ pub(super) struct Envelope {
     /// W3C `traceparent` of the publisher (messages only, when it traces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) tp: Option<String>,
+    /// A revoked token's id (`revoked` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) jti: Option<String>,
 }
 
 /// A history entry as stored in `P:{room}:history`.
@@ -89,6 +93,18 @@ pub(super) fn typing(room: &str, user: &str, active: bool, origin: &Origin) -> V
         active: Some(active),
         node: Some(origin.node.clone()),
         session: Some(origin.session),
+        ..Default::default()
+    };
+    rmp_serde::to_vec_named(&env).unwrap_or_default()
+}
+
+/// Encodes a revocation (built on the node).
+pub(super) fn revoked(user: &str, at_ms: Option<u64>, jti: Option<&str>) -> Vec<u8> {
+    let env = Envelope {
+        t: "revoked".into(),
+        user: Some(user.to_owned()),
+        ts: at_ms,
+        jti: jti.map(str::to_owned),
         ..Default::default()
     };
     rmp_serde::to_vec_named(&env).unwrap_or_default()
@@ -151,6 +167,11 @@ pub(super) fn decode_event(bytes: &[u8]) -> Option<Event> {
             },
             origin,
         },
+        "revoked" => Event::Revoked {
+            user: e.user?,
+            at_ms: e.ts,
+            jti: e.jti,
+        },
         _ => return None,
     })
 }
@@ -204,6 +225,26 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn revocation_round_trip() {
+        assert_eq!(
+            decode_event(&revoked("alice", Some(5), None)),
+            Some(Event::Revoked {
+                user: "alice".into(),
+                at_ms: Some(5),
+                jti: None
+            })
+        );
+        assert_eq!(
+            decode_event(&revoked("bob", None, Some("j1"))),
+            Some(Event::Revoked {
+                user: "bob".into(),
+                at_ms: None,
+                jti: Some("j1".into())
+            })
+        );
     }
 
     #[test]

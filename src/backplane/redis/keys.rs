@@ -154,6 +154,17 @@ impl Keys {
         format!("{}:dm:seq", self.prefix)
     }
 
+    /// A user's revocation: tokens issued at or before this Unix ms are
+    /// refused (expires with the revocation TTL). In the user's slot.
+    pub(crate) fn revoked_user(&self, user: &str) -> String {
+        format!("{}:revoked:{{{}}}", self.prefix, user)
+    }
+
+    /// One revoked token of a user (expires with the token).
+    pub(crate) fn revoked_token(&self, user: &str, jti: &str) -> String {
+        format!("{}:revoked:{{{}}}:jti:{}", self.prefix, user, jti)
+    }
+
     /// Accounts: name → password hash.
     pub(crate) fn accounts(&self) -> String {
         format!("{}:accounts", self.prefix)

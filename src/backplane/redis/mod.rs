@@ -61,6 +61,7 @@ mod liveness;
 mod names;
 mod presence;
 mod pubsub;
+mod revocations;
 mod scripts;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};

@@ -2,7 +2,12 @@
 //! JWT login tokens signed with `--secret`. Several secrets may be given for
 //! rotation: the first signs, all verify; each must be at least 32 bytes.
 //! Also the node-wide bound on concurrent password hashes and the
-//! constant-time API-key check.
+//! constant-time API-key check. `--auth jwt` (the application's own tokens)
+//! lives in [`jwt`] and [`jwks`]; both modes verify into one [`Verified`]
+//! through a [`Verifier`].
+
+pub mod jwks;
+pub mod jwt;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -58,6 +63,9 @@ pub fn check_secrets(flag: &str, secrets: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest token accepted (bytes); longer ones are refused unread.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
 /// Claims of a login token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -67,6 +75,69 @@ pub struct Claims {
     pub exp: u64,
     /// Issue time, Unix seconds.
     pub iat: u64,
+    /// Issue time, Unix ms (revocation compares in ms, so a token issued
+    /// just after a revocation is not caught by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat_ms: Option<u64>,
+    /// Token id (`POST /api/logout` revokes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A verified token, whichever mode issued it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The user name.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issue time, Unix ms (`None`: the token has no `iat`).
+    pub iat_ms: Option<u64>,
+    /// Token id.
+    pub jti: Option<String>,
+    /// Rooms (or `prefix*`) the token lets the user join even when private.
+    pub rooms: Vec<String>,
+    /// The token's role (`admin`).
+    pub role: Option<String>,
+}
+
+impl Verified {
+    /// Whether a revocation of the user at `revoked_ms` covers this token:
+    /// issued at or before that moment, or of unknown issue time.
+    pub fn revoked_by(&self, revoked_ms: u64) -> bool {
+        self.iat_ms.is_none_or(|iat| iat <= revoked_ms)
+    }
+}
+
+/// How a node verifies presented tokens.
+pub enum Verifier {
+    /// `--auth token`: relay's own login tokens (the account must exist).
+    Token(TokenKeys),
+    /// `--auth jwt`: the application's tokens; no relay account.
+    Jwt(jwt::JwtKeys),
+}
+
+impl Verifier {
+    /// Verifies a token.
+    pub async fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        match self {
+            Verifier::Token(keys) => keys.verify(token),
+            Verifier::Jwt(keys) => keys.verify(token).await,
+        }
+    }
+
+    /// Whether the user must have a relay account (token mode).
+    pub fn needs_account(&self) -> bool {
+        matches!(self, Verifier::Token(_))
+    }
+
+    /// Relay's own login tokens, in token mode.
+    pub fn token_keys(&self) -> Option<&TokenKeys> {
+        match self {
+            Verifier::Token(keys) => Some(keys),
+            Verifier::Jwt(_) => None,
+        }
+    }
 }
 
 /// Signs and verifies login tokens.
@@ -92,11 +163,14 @@ impl TokenKeys {
 
     /// Issues a token for `user`; returns it with its expiry (Unix seconds).
     pub fn issue(&self, user: &str) -> Result<(String, u64), AuthError> {
-        let now = crate::backplane::now_ms() / 1000;
+        let now_ms = crate::backplane::now_ms();
+        let now = now_ms / 1000;
         let claims = Claims {
             sub: user.to_owned(),
             iat: now,
             exp: now + self.ttl_secs,
+            iat_ms: Some(now_ms),
+            jti: Some(crate::backplane::random_token()),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.signing)
             .map_err(|_| AuthError::Hash)?;
@@ -104,14 +178,25 @@ impl TokenKeys {
     }
 
     /// Verifies a token's signature (with any key), algorithm and expiry.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::InvalidToken);
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
         for key in &self.verifying {
             if let Ok(data) = jsonwebtoken::decode::<Claims>(token, key, &validation) {
                 if is_valid_name(&data.claims.sub) {
-                    return Ok(data.claims);
+                    let c = data.claims;
+                    return Ok(Verified {
+                        iat_ms: Some(c.iat_ms.unwrap_or(c.iat * 1000)),
+                        sub: c.sub,
+                        exp: c.exp,
+                        jti: c.jti,
+                        rooms: Vec::new(),
+                        role: None,
+                    });
                 }
             }
         }
