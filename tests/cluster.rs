@@ -1,7 +1,8 @@
 //! Several relay processes on one real redis-server behave as one server:
 //! rooms, history, presence, names and direct messages across nodes; node
 //! crashes, Redis outages, ordering under concurrency, and a real nginx load
-//! balancer in front.
+//! balancer in front. Names, tabs, DMs and recovery across two nodes are in
+//! `tests/node_contract.rs` (its `redis` topology).
 
 mod support;
 
@@ -81,113 +82,6 @@ async fn messages_history_and_presence_are_shared_across_nodes() {
         (ul["user"].as_str(), ul["reason"].as_str()),
         (Some("carol"), Some("disconnect"))
     );
-}
-
-#[tokio::test]
-async fn names_tabs_and_direct_messages_across_nodes() {
-    let c = cluster(2, RedisServer::new(), &[]);
-    let mut a1 = guest(&c.nodes[0], "alice").await;
-    let r = Connect::new(format!("{}?user=alice", c.nodes[1].url()))
-        .open()
-        .await
-        .err()
-        .expect("claimed cluster-wide");
-    assert_eq!(
-        (r.status, r.body["error"].as_str()),
-        (409, Some("name_taken"))
-    );
-    let resume = a1.resume.clone().unwrap();
-    // A second tab of alice on the other node.
-    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", c.nodes[1].url()))
-        .open()
-        .await
-        .expect("resume token shares the name");
-    let mut b = guest(&c.nodes[1], "bob").await;
-    b.join("room").await;
-    a1.join("room").await;
-    assert_eq!(js(&b.recv_type("user_joined").await)["user"], "alice");
-    a2.join("room").await;
-    b.expect_silence(300).await;
-    // DM from bob (node1) reaches both of alice's tabs (node0 and node1).
-    let ack = js(&b
-        .request(json!({"type":"dm","to":"alice","text":"hi both tabs"}))
-        .await);
-    for x in [&mut a1, &mut a2] {
-        let d = js(&x.recv_type("direct").await);
-        assert_eq!(
-            (d["from"].as_str(), d["text"].as_str()),
-            (Some("bob"), Some("hi both tabs"))
-        );
-        assert_eq!(d["id"], ack["id"]);
-    }
-    // DM from alice's tab on node0 reaches bob and alice's other tab on node1.
-    a1.request(json!({"type":"dm","to":"bob","text":"hey"}))
-        .await;
-    assert_eq!(js(&b.recv_type("direct").await)["text"], "hey");
-    assert_eq!(js(&a2.recv_type("direct").await)["to"], "bob");
-    a1.expect_silence(200).await;
-    // user_left only when alice's last tab (on either node) goes.
-    a1.close().await;
-    b.expect_silence(400).await;
-    a2.close().await;
-    let ul = js(&b.recv_type("user_left").await);
-    assert_eq!(
-        (ul["user"].as_str(), ul["reason"].as_str()),
-        (Some("alice"), Some("disconnect"))
-    );
-    let e = js(&b
-        .request(json!({"type":"dm","to":"alice","text":"gone?"}))
-        .await);
-    assert_eq!(e["code"], "user_offline");
-    // The name is free again, on any node.
-    eventually("alice free", Duration::from_secs(3), || async {
-        Connect::new(format!("{}?user=alice", c.nodes[0].url()))
-            .open()
-            .await
-            .is_ok()
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn recovery_on_another_node() {
-    let c = cluster(2, RedisServer::new(), &[]);
-    let mut a = guest(&c.nodes[0], "alice").await;
-    let mut b = guest(&c.nodes[0], "bob").await;
-    let epoch = js(&b.join("rec").await)["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    a.join("rec").await;
-    a.say("rec", "m1").await;
-    b.recv_type("message").await;
-    b.close().await;
-    a.say("rec", "m2").await;
-    a.say("rec", "m3").await;
-    // bob comes back through another node.
-    let mut b = guest(&c.nodes[1], "bob").await;
-    let j = js(&b
-        .request(json!({"type":"join","room":"rec","since":1,"epoch":epoch}))
-        .await);
-    assert_eq!(j["recovered"], true);
-    let texts: Vec<_> = j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(texts, ["m2", "m3"]);
-    b.close().await;
-    for i in 0..60 {
-        a.say("rec", &format!("x{i}")).await;
-    }
-    let mut b = guest(&c.nodes[1], "bob").await;
-    let j = js(&b
-        .request(json!({"type":"join","room":"rec","since":3,"epoch":epoch}))
-        .await);
-    assert_eq!(j["recovered"], false, "more than 50 behind");
-    assert_eq!(j["history"].as_array().unwrap().len(), 50);
-    assert_eq!(j["history"][49]["id"], 63);
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Protocol v1 on one node (embedded mode), over real sockets against a real
 //! `relay serve` process: every command and event, errors, close codes,
-//! presence per user, recovery, encodings, limits, junk and drain.
+//! presence per user, recovery, encodings, limits, junk and drain. The
+//! behaviours every topology shares (join, history, presence, DMs, typing,
+//! recovery, names, client_id, validation) are in `tests/node_contract.rs`.
 
 use std::time::Duration;
 
@@ -44,49 +46,6 @@ async fn welcome_describes_the_session() {
 }
 
 #[tokio::test]
-async fn join_send_ack_message_and_sender_skipped() {
-    let node = Node::start(&[]);
-    let mut a = guest(&node, "alice").await;
-    let mut b = guest(&node, "bob").await;
-    let j = js(&a.join("lobby").await);
-    assert_eq!(j["room"], "lobby");
-    assert_eq!(j["presence"], json!(["alice"]));
-    assert_eq!(j["history"], json!([]));
-    assert_eq!(j["recovered"], false);
-    assert!(j["epoch"].as_str().is_some_and(|e| !e.is_empty()));
-    assert_eq!(j["ref"], 1);
-    let jb = js(&b.join("lobby").await);
-    assert_eq!(jb["presence"], json!(["alice", "bob"]));
-    assert_eq!(jb["epoch"], j["epoch"]);
-    let uj = js(&a.recv_type("user_joined").await);
-    assert_eq!(
-        (uj["room"].as_str(), uj["user"].as_str()),
-        (Some("lobby"), Some("bob"))
-    );
-    assert!(uj["ts"].as_u64().unwrap() > 1_600_000_000_000);
-
-    let ack = js(&a.request(cmd::send("lobby", "  Hello everyone!  ")).await);
-    assert_eq!(ack["type"], "ack");
-    assert_eq!(ack["id"], 1);
-    assert_eq!(ack["room"], "lobby");
-    let m = js(&b.recv_type("message").await);
-    assert_eq!(m["room"], "lobby");
-    assert_eq!(m["id"], 1);
-    assert_eq!(m["from"], "alice");
-    assert_eq!(m["text"], "Hello everyone!", "text is trimmed");
-    assert_eq!(m["ts"], ack["ts"]);
-    assert_eq!(b.say("lobby", "hi alice").await, 2);
-    let m = js(&a.recv_type("message").await);
-    assert_eq!(
-        (m["id"].as_u64(), m["from"].as_str()),
-        (Some(2), Some("bob"))
-    );
-    // The sender never receives its own message.
-    a.expect_silence(200).await;
-    b.expect_silence(50).await;
-}
-
-#[tokio::test]
 async fn leave_and_disconnect_notify_with_reasons() {
     let node = Node::start(&[]);
     let mut a = guest(&node, "alice").await;
@@ -124,77 +83,6 @@ async fn leave_and_disconnect_notify_with_reasons() {
 }
 
 #[tokio::test]
-async fn two_tabs_count_as_one_user() {
-    let node = Node::start(&[]);
-    let mut a1 = guest(&node, "alice").await;
-    let resume = a1.resume.clone().unwrap();
-    let mut b = guest(&node, "bob").await;
-    b.join("room").await;
-    a1.join("room").await;
-    b.recv_type("user_joined").await;
-    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", node.url()))
-        .open()
-        .await
-        .unwrap();
-    assert_eq!(a2.resume.as_deref(), Some(resume.as_str()));
-    let j = js(&a2.join("room").await);
-    assert_eq!(j["presence"], json!(["alice", "bob"]));
-    // The second tab joining is no news to bob.
-    b.expect_silence(300).await;
-    a1.close().await;
-    b.expect_silence(300).await;
-    a2.close().await;
-    let ul = js(&b.recv_type("user_left").await);
-    assert_eq!(
-        (ul["user"].as_str(), ul["reason"].as_str()),
-        (Some("alice"), Some("disconnect"))
-    );
-}
-
-#[tokio::test]
-async fn guest_names_are_claimed_until_released() {
-    let node = Node::start(&[]);
-    let a = guest(&node, "alice").await;
-    let r = Connect::new(format!("{}?user=alice", node.url()))
-        .open()
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(r.status, 409);
-    assert_eq!(r.body["error"], "name_taken");
-    assert!(r.body["message"].is_string());
-    let r = Connect::new(format!("{}?user=alice&resume=wrong", node.url()))
-        .open()
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(r.status, 409);
-    for bad in ["", "-x", "a%20b", "averyveryveryveryveryverylongname1"] {
-        let r = Connect::new(format!("{}?user={bad}", node.url()))
-            .open()
-            .await
-            .err()
-            .expect("refused");
-        assert_eq!(r.status, 400, "{bad}");
-        assert_eq!(r.body["error"], "invalid");
-    }
-    let r = Connect::new(node.url())
-        .open()
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(r.status, 400);
-    a.close().await;
-    eventually("name released", Duration::from_secs(3), || async {
-        Connect::new(format!("{}?user=alice", node.url()))
-            .open()
-            .await
-            .is_ok()
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn origin_allow_list() {
     let node = Node::start(&[
         "--allowed-origins",
@@ -221,150 +109,6 @@ async fn origin_allow_list() {
         .await
         .expect("allowed");
     c.close().await;
-}
-
-#[tokio::test]
-async fn direct_messages_reach_every_tab_but_the_sending_one() {
-    let node = Node::start(&[]);
-    let mut a1 = guest(&node, "alice").await;
-    let resume = a1.resume.clone().unwrap();
-    let mut a2 = Connect::new(format!("{}?user=alice&resume={resume}", node.url()))
-        .open()
-        .await
-        .unwrap();
-    let mut b1 = guest(&node, "bob").await;
-    let bres = b1.resume.clone().unwrap();
-    let mut b2 = Connect::new(format!("{}?user=bob&resume={bres}", node.url()))
-        .open()
-        .await
-        .unwrap();
-    let mut c = guest(&node, "carol").await;
-    let ack = js(&a1.request(cmd::dm("bob", "psst")).await);
-    assert_eq!(ack["type"], "ack");
-    assert!(ack.get("room").is_none());
-    for x in [&mut b1, &mut b2, &mut a2] {
-        let d = js(&x.recv_type("direct").await);
-        assert_eq!(d["from"], "alice");
-        assert_eq!(d["to"], "bob");
-        assert_eq!(d["text"], "psst");
-        assert_eq!(d["id"], ack["id"]);
-        assert_eq!(d["ts"], ack["ts"]);
-    }
-    a1.expect_silence(200).await;
-    c.expect_silence(50).await;
-    let e = js(&a1.request(cmd::dm("nobody", "hi")).await);
-    assert_eq!(e["type"], "error");
-    assert_eq!(e["code"], "user_offline");
-    assert_eq!(e["ref"], 2);
-}
-
-#[tokio::test]
-async fn typing_is_relayed_and_never_stored() {
-    let node = Node::start(&[]);
-    let mut a = guest(&node, "alice").await;
-    let mut b = guest(&node, "bob").await;
-    a.join("r").await;
-    b.join("r").await;
-    a.recv_type("user_joined").await;
-    a.send(cmd::typing("r", true)).await;
-    let t = js(&b.recv_type("typing").await);
-    assert_eq!(
-        t,
-        json!({"type":"typing","room":"r","user":"alice","active":true})
-    );
-    a.send(cmd::typing("r", false)).await;
-    assert_eq!(js(&b.recv_type("typing").await)["active"], false);
-    a.expect_silence(200).await;
-    let h = js(&b.request(cmd::history("r")).await);
-    assert_eq!(h["messages"], json!([]));
-    let e = js(&a.request(cmd::typing("elsewhere", true)).await);
-    assert_eq!(e["code"], "not_member");
-    let e = js(&a.request(cmd::who("elsewhere")).await);
-    assert_eq!(e["code"], "not_member");
-}
-
-#[tokio::test]
-async fn history_pages_and_caps_at_fifty() {
-    let node = Node::start(&["--rate", "1000"]);
-    let mut a = guest(&node, "alice").await;
-    a.join("h").await;
-    for i in 1..=60 {
-        assert_eq!(a.say("h", &format!("m{i}")).await, i);
-    }
-    let h = js(&a.request(cmd::history("h")).await);
-    let ids: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, (11..=60).collect::<Vec<_>>());
-    assert_eq!(h["messages"][0]["type"], "message");
-    assert_eq!(h["messages"][0]["text"], "m11");
-    let h = js(&a.request(cmd::history_page("h", Some(30), 5)).await);
-    let ids: Vec<u64> = h["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, vec![25, 26, 27, 28, 29]);
-    let h = js(&a.request(cmd::history_page("h", None, 2)).await);
-    assert_eq!(h["messages"].as_array().unwrap().len(), 2);
-    assert_eq!(h["messages"][1]["id"], 60);
-    let mut b = guest(&node, "bob").await;
-    let j = js(&b.join("h").await);
-    assert_eq!(j["history"].as_array().unwrap().len(), 50);
-    assert_eq!(j["history"][49]["id"], 60);
-    let e = js(&a
-        .request(json!({"type":"history","room":"h","limit":51}))
-        .await);
-    assert_eq!(e["code"], "invalid");
-}
-
-#[tokio::test]
-async fn recovery_after_reconnect() {
-    let node = Node::start(&["--rate", "1000"]);
-    let mut a = guest(&node, "alice").await;
-    let mut b = guest(&node, "bob").await;
-    let j = js(&b.join("rec").await);
-    let epoch = j["epoch"].as_str().unwrap().to_owned();
-    a.join("rec").await;
-    a.say("rec", "one").await;
-    b.recv_type("message").await;
-    b.close().await;
-    for t in ["two", "three"] {
-        a.say("rec", t).await;
-    }
-    let mut b = guest(&node, "bob").await;
-    let j = js(&b.request(cmd::join_since("rec", 1, &epoch)).await);
-    assert_eq!(j["recovered"], true);
-    let texts: Vec<&str> = j["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["two", "three"]);
-    // Wrong epoch: latest history, not recovered.
-    let mut c = guest(&node, "carol").await;
-    let j = js(&c.request(cmd::join_since("rec", 1, "bogus")).await);
-    assert_eq!(j["recovered"], false);
-    assert_eq!(j["history"].as_array().unwrap().len(), 3);
-    // More than 50 behind: not recovered, latest 50.
-    for i in 0..55 {
-        a.say("rec", &format!("x{i}")).await;
-    }
-    let mut d = guest(&node, "dave").await;
-    let j = js(&d.request(cmd::join_since("rec", 3, &epoch)).await);
-    assert_eq!(j["recovered"], false);
-    assert_eq!(j["history"].as_array().unwrap().len(), 50);
-    assert_eq!(j["history"][49]["id"], 58);
-    // Exactly up to date: recovered with nothing missed.
-    let mut e = guest(&node, "erin").await;
-    let j = js(&e.request(cmd::join_since("rec", 58, &epoch)).await);
-    assert_eq!(j["recovered"], true);
-    assert_eq!(j["history"], json!([]));
 }
 
 #[tokio::test]
@@ -408,23 +152,6 @@ async fn unknown_subprotocol_is_refused() {
         .expect("refused");
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error"], "invalid");
-}
-
-#[tokio::test]
-async fn idempotent_client_id() {
-    let node = Node::start(&[]);
-    let mut a = guest(&node, "alice").await;
-    let mut b = guest(&node, "bob").await;
-    a.join("i").await;
-    b.join("i").await;
-    let first = js(&a.request(cmd::send_once("i", "once", "c-1")).await);
-    let again = js(&a.request(cmd::send_once("i", "once", "c-1")).await);
-    assert_eq!(first["id"], again["id"]);
-    assert_eq!(first["ts"], again["ts"]);
-    assert_eq!(js(&b.recv_type("message").await)["text"], "once");
-    b.expect_silence(300).await;
-    let h = js(&b.request(cmd::history("i")).await);
-    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]
