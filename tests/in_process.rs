@@ -11,6 +11,10 @@
 //!
 //! - heartbeats: a silent peer is closed after two unanswered pings
 //!   (PROTOCOL §4), a peer that answers stays connected indefinitely;
+//! - expiry: the request-head deadline of a pre-upgrade connection
+//!   (`--handshake-timeout-ms`), the request-body deadline of the JSON API
+//!   (same setting, `http::limits::read_body`), and a token session closed
+//!   with 4001 when its token expires (`--token-ttl-secs`);
 //! - drain: resolving `shutdown` closes every socket with 1001 within
 //!   `--drain-secs`, refuses new WebSockets meanwhile, and `run` returns.
 //!
@@ -31,6 +35,7 @@ use relay::config::Config;
 use relay::protocol::{decode_server_frame, Command, Encoding, LeaveReason, Ref, ServerFrame};
 use relay::server::ServeError;
 use testkit::{cmd, frame_ref, frame_type, Outgoing};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -44,6 +49,9 @@ struct Flags {
     #[command(flatten)]
     config: Config,
 }
+
+/// A signing key long enough for `--secret`.
+const SECRET: &str = "in-process-test-secret-0123456789abcdef";
 
 /// The heartbeat of the heartbeat tests (`--heartbeat-ms 1000`).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -210,6 +218,46 @@ impl Ws {
     }
 }
 
+/// Starts an HTTP request on a fresh connection (Nagle off) by sending
+/// `bytes`: a head, maybe incomplete, and maybe part of a body.
+async fn start_request(addr: SocketAddr, bytes: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tcp.write_all(bytes.as_bytes()).await.expect("write");
+    tcp
+}
+
+/// Reads until the node closes the connection (at most a virtual minute);
+/// returns the HTTP status it answered (None: closed without a response),
+/// the whole text, and when the connection ended.
+async fn read_until_closed(tcp: &mut TcpStream) -> (Option<u16>, String, Instant) {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut buf))
+        .await
+        .expect("the node closes the connection");
+    let ended = Instant::now();
+    // A reset instead of a FIN ends the connection too; what was read counts.
+    drop(read);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|s| s.parse().ok());
+    (status, text, ended)
+}
+
+/// Registers `user` and logs in; returns the login token.
+async fn login(addr: SocketAddr, user: &str) -> String {
+    let creds = format!(r#"{{"username":"{user}","password":"correct horse"}}"#);
+    let json = [("Content-Type", "application/json")];
+    let (status, body) = testkit::http(addr, "POST", "/api/register", &json, &creds).await;
+    assert_eq!(status, 201, "register: {body}");
+    let (status, body) = testkit::http(addr, "POST", "/api/login", &json, &creds).await;
+    assert_eq!(status, 200, "login: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("login JSON");
+    v["token"].as_str().expect("token").to_owned()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_client_is_closed_after_two_missed_heartbeats() {
     let node = InProc::start(&["--heartbeat-ms", "1000"]).await;
@@ -269,6 +317,111 @@ async fn a_client_that_answers_pings_stays_connected() {
     }
     assert_eq!(pings, periods, "one ping per heartbeat, none missed");
     assert_eq!(frame_type(&steady.request(cmd::ping()).await), "pong");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_head_must_arrive_within_the_handshake_timeout() {
+    let node = InProc::start(&["--handshake-timeout-ms", "2000"]).await;
+    let deadline = Duration::from_secs(2);
+
+    // A slow head that completes before the deadline is served.
+    let mut slow = start_request(node.addr, "GET /healthz HTTP/1.1\r\n").await;
+    tokio::time::sleep(deadline - Duration::from_millis(100)).await;
+    slow.write_all(b"Host: relay\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, text, _) = read_until_closed(&mut slow).await;
+    assert_eq!(status, Some(200), "served: {text}");
+
+    // A head that stalls, and a connection that never sends a byte, are
+    // closed at the deadline without reaching the router.
+    for sent in ["GET /healthz HTTP/1.1\r\nHost: relay\r\n", ""] {
+        let opened = Instant::now();
+        let mut stalled = start_request(node.addr, sent).await;
+        let (status, text, ended) = read_until_closed(&mut stalled).await;
+        let after = ended - opened;
+        assert!(
+            after >= deadline && after < deadline + Duration::from_millis(100),
+            "{sent:?}: closed after {after:?}"
+        );
+        // hyper gives up on the head without an answer.
+        assert_eq!((status, text.as_str()), (None, ""), "{sent:?}: not served");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_body_must_arrive_within_the_deadline() {
+    let node = InProc::start(&[
+        "--auth",
+        "token",
+        "--secret",
+        SECRET,
+        "--handshake-timeout-ms",
+        "2000",
+    ])
+    .await;
+    let deadline = Duration::from_secs(2);
+    let body = r#"{"username":"slowpoke","password":"correct horse"}"#;
+    let head = format!(
+        "POST /api/register HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(10);
+
+    // Part of the body, the rest just before the deadline: registered.
+    let mut slow = start_request(node.addr, &format!("{head}{first}")).await;
+    tokio::time::sleep(deadline - Duration::from_millis(100)).await;
+    slow.write_all(rest.as_bytes()).await.unwrap();
+    let (status, text, _) = read_until_closed(&mut slow).await;
+    assert_eq!(status, Some(201), "registered: {text}");
+
+    // Part of the body and nothing more: 408 `timeout` at the deadline.
+    let opened = Instant::now();
+    let mut stalled = start_request(node.addr, &format!("{head}{first}")).await;
+    let (status, text, ended) = read_until_closed(&mut stalled).await;
+    let after = ended - opened;
+    assert_eq!(status, Some(408), "{text}");
+    assert!(text.contains(r#""error":"timeout""#), "{text}");
+    assert!(
+        after >= deadline && after < deadline + Duration::from_millis(100),
+        "answered after {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_session_closes_with_4001_when_its_token_expires() {
+    let node = InProc::start(&[
+        "--auth",
+        "token",
+        "--secret",
+        SECRET,
+        "--token-ttl-secs",
+        "60",
+    ])
+    .await;
+    let token = login(node.addr, "tokyo").await;
+    let connected = Instant::now();
+    let mut c = Ws::connect(&node.ws(&format!("token={token}")))
+        .await
+        .unwrap();
+    // The expiry is in whole Unix seconds (and measured on the real clock
+    // at the handshake): the session has between 59 and 60 s. Well before
+    // that it only gets pings (default heartbeat, 25 s), and is served.
+    let mut pings = 0;
+    while let Some(event) = c.next(Duration::from_secs(55) - connected.elapsed()).await {
+        assert!(matches!(event, Event::Ping), "{event:?}");
+        pings += 1;
+    }
+    assert_eq!(pings, 2);
+    assert_eq!(frame_type(&c.request(cmd::ping()).await), "pong");
+    let (close, at) = c.closed(Duration::from_secs(30)).await;
+    assert_eq!(close, Some((4001, "session expired".to_owned())));
+    let lived = at - connected;
+    assert!(
+        lived > Duration::from_secs(58) && lived <= Duration::from_secs(60),
+        "closed after {lived:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
