@@ -388,7 +388,7 @@ mod tests {
         assert!(parse_pem_keys("").is_err());
         assert!(parse_pem_keys("-----BEGIN PUBLIC KEY-----\nAAAA\n").is_err());
         let private = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
-        assert!(parse_pem_keys(private).unwrap_err().contains("private key"));
+        assert!(parse_pem_keys(private).is_err_and(|e| e.contains("private key")));
     }
 
     #[tokio::test]
