@@ -11,7 +11,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::super::{now_ms, Result, Revocation, Revocations};
-use super::{envelope, RedisBackplane};
+use super::{envelope, RedisBackplane, Shared};
+
+impl Shared {
+    /// Publishes `payload` on `user`'s channel (the nodes of the user's
+    /// connections).
+    async fn publish_user(&self, user: &str, payload: Vec<u8>) -> Result<()> {
+        let _: i64 = self
+            .cmd(
+                "revoke",
+                redis::cmd(self.publish_command())
+                    .arg(self.keys.user_channel(user))
+                    .arg(payload)
+                    .to_owned(),
+            )
+            .await?;
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl Revocations for RedisBackplane {
@@ -29,17 +46,8 @@ impl Revocations for RedisBackplane {
                     .to_owned(),
             )
             .await?;
-        let payload = envelope::revoked(user, Some(at_ms), None);
-        let _: i64 = s
-            .cmd(
-                "revoke",
-                redis::cmd(s.publish_command())
-                    .arg(s.keys.user_channel(user))
-                    .arg(payload)
-                    .to_owned(),
-            )
-            .await?;
-        Ok(())
+        s.publish_user(user, envelope::revoked(user, Some(at_ms), None))
+            .await
     }
 
     async fn revoke_token(&self, user: &str, jti: &str, until_ms: u64) -> Result<()> {
@@ -56,17 +64,8 @@ impl Revocations for RedisBackplane {
                     .to_owned(),
             )
             .await?;
-        let payload = envelope::revoked(user, None, Some(jti));
-        let _: i64 = s
-            .cmd(
-                "revoke",
-                redis::cmd(s.publish_command())
-                    .arg(s.keys.user_channel(user))
-                    .arg(payload)
-                    .to_owned(),
-            )
-            .await?;
-        Ok(())
+        s.publish_user(user, envelope::revoked(user, None, Some(jti)))
+            .await
     }
 
     async fn revocation(&self, user: &str, jti: Option<&str>) -> Result<Revocation> {
