@@ -90,6 +90,7 @@ pub fn init(format: LogFormat, level: &str) -> Telemetry {
 /// becomes the `service.instance.id` and `relay.node` resource attributes.
 /// An exporter that cannot be built is logged and traces stay off.
 pub fn init_node(format: LogFormat, level: &str, node_id: &str) -> Telemetry {
+    crate::auth::jwks::install_crypto_provider();
     let provider = if otlp_requested(|k| std::env::var(k).ok()) {
         match tracer_provider(node_id) {
             Ok(p) => Some(p),

@@ -40,6 +40,7 @@ pub struct Jwks {
 impl Jwks {
     /// A cache of the document at `url`, empty until the first fetch.
     pub fn new(url: &str) -> Result<Arc<Self>, String> {
+        install_crypto_provider();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config()?)
             .timeout(FETCH_TIMEOUT)
@@ -185,6 +186,14 @@ pub fn parse(body: &[u8]) -> Result<Vec<PublicKey>, String> {
         });
     }
     Ok(keys)
+}
+
+/// Makes ring the process's default rustls provider (once; a provider
+/// installed earlier stays). reqwest is built with `rustls-no-provider`
+/// (so no second crypto library is compiled), and the OTLP exporter's
+/// blocking reqwest client, which shares that build, needs a default.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// TLS for `https://` JWKS URLs: the webpki roots, plus the certificates of
