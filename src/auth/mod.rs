@@ -101,14 +101,6 @@ pub struct Verified {
     pub role: Option<String>,
 }
 
-impl Verified {
-    /// Whether a revocation of the user at `revoked_ms` covers this token:
-    /// issued at or before that moment, or of unknown issue time.
-    pub fn revoked_by(&self, revoked_ms: u64) -> bool {
-        self.iat_ms.is_none_or(|iat| iat <= revoked_ms)
-    }
-}
-
 /// How a node verifies presented tokens.
 pub enum Verifier {
     /// `--auth token`: relay's own login tokens (the account must exist).

@@ -427,45 +427,29 @@ async fn check_and_upgrade(
                     "missing, invalid or expired token",
                 );
             };
-            let account = if keys.needs_account() {
-                app.node
-                    .account_hash(&claims.sub)
-                    .await
-                    .map(|h| h.is_some())
-            } else {
-                Ok(true)
-            };
-            match account {
-                Ok(true) => {}
-                Ok(false) => {
-                    return refused(
-                        "unauthorized",
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "unknown user",
-                    )
-                }
-                Err(_) => {
-                    return refused(
-                        "unavailable",
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "unavailable",
-                        "backplane unavailable, retry later",
-                    )
-                }
-            }
             let credential = Credential {
                 iat_ms: claims.iat_ms,
                 jti: claims.jti.clone(),
             };
-            match app.node.is_revoked(&claims.sub, &credential).await {
-                Ok(false) => {}
-                Ok(true) => {
+            // Token mode needs the account; every mode checks revocation.
+            let verdict = async {
+                if keys.needs_account() && app.node.account_hash(&claims.sub).await?.is_none() {
+                    return Ok(Some("unknown user"));
+                }
+                if app.node.is_revoked(&claims.sub, &credential).await? {
+                    return Ok(Some("this token was revoked"));
+                }
+                Ok::<_, crate::node::NodeError>(None)
+            }
+            .await;
+            match verdict {
+                Ok(None) => {}
+                Ok(Some(why)) => {
                     return refused(
                         "unauthorized",
                         StatusCode::UNAUTHORIZED,
                         "unauthorized",
-                        "this token was revoked",
+                        why,
                     )
                 }
                 Err(_) => {
